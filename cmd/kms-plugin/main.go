@@ -1,0 +1,197 @@
+// Command kms-plugin is a Kubernetes KMS v2 provider. It runs beside
+// kube-apiserver on each control-plane node and serves the KMS v2 gRPC API on
+// a unix socket, wrapping the apiserver's data-encryption keys with a
+// key-encryption key held by a local keyring or HashiCorp Vault's transit
+// engine.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kms-plugin/kms-plugin/kms"
+	"github.com/kms-plugin/kms-plugin/providers"
+	"github.com/kms-plugin/kms-plugin/providers/local"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "kms-plugin:", err)
+		}
+		os.Exit(1)
+	}
+}
+
+// options are kms-plugin's own flags; each provider registers its own.
+type options struct {
+	provider        string
+	listen          string
+	socketMode      string
+	socketGroup     string
+	healthAddr      string
+	healthInterval  time.Duration
+	healthTimeout   time.Duration
+	shutdownTimeout time.Duration
+	logFormat       string
+	logLevel        string
+	version         bool
+	dev             bool
+	stateDir        string
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	localFactory := local.NewFactory()
+	registry := newRegistry(localFactory)
+
+	fs := flag.NewFlagSet("kms-plugin", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var o options
+	fs.StringVar(&o.provider, "provider", "local", fmt.Sprintf("key-encryption-key backend: %v", registry.Names()))
+	fs.StringVar(&o.listen, "listen", "unix:///var/run/kms-plugin/kms.sock", "KMS v2 gRPC endpoint: unix:///path or unix:///@abstract-name")
+	fs.StringVar(&o.socketMode, "socket-mode", "0600", "file mode of the socket; widen only deliberately")
+	fs.StringVar(&o.socketGroup, "socket-group", "", "group (name or gid) that owns the socket")
+	fs.StringVar(&o.healthAddr, "health-addr", "127.0.0.1:8787", "address for /livez, /readyz, /healthz and /metrics (empty disables)")
+	fs.DurationVar(&o.healthInterval, "health-interval", 10*time.Second, "how often the background probe checks the provider")
+	fs.DurationVar(&o.healthTimeout, "health-timeout", 5*time.Second, "how long one background probe may take")
+	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long in-flight calls may finish after SIGTERM")
+	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.BoolVar(&o.version, "version", false, "print the version and exit")
+	fs.BoolVar(&o.dev, "dev", false, "development mode: local provider on a keyring created under --state-dir (never for production)")
+	fs.StringVar(&o.stateDir, "state-dir", defaultStateDir(), "with --dev: where the dev keyring and socket live")
+	registry.RegisterFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if o.version {
+		_, err := fmt.Fprintln(stdout, "kms-plugin", kms.Version)
+		return err
+	}
+
+	log, err := newLogger(stderr, o.logFormat, o.logLevel)
+	if err != nil {
+		return err
+	}
+	if o.dev {
+		if err := setUpDev(fs, &o, localFactory, log); err != nil {
+			return err
+		}
+	}
+	cfg, err := o.serveConfig()
+	if err != nil {
+		return err
+	}
+
+	reg := prometheus.NewRegistry()
+	provider, err := registry.New(ctx, o.provider, providers.Env{Logger: log.With("provider", o.provider), Metrics: reg})
+	if err != nil {
+		return fmt.Errorf("start %s provider: %w", o.provider, err)
+	}
+	defer provider.Close()
+	return kms.Serve(ctx, cfg, provider, log, reg, nil)
+}
+
+func (o options) serveConfig() (kms.Config, error) {
+	ep, err := kms.ParseEndpoint(o.listen)
+	if err != nil {
+		return kms.Config{}, fmt.Errorf("--listen: %w", err)
+	}
+	mode, err := strconv.ParseUint(o.socketMode, 8, 32)
+	if err != nil || mode > 0o777 {
+		return kms.Config{}, fmt.Errorf("--socket-mode %q: want an octal mode such as 0600", o.socketMode)
+	}
+	if o.healthInterval <= 0 || o.healthTimeout <= 0 || o.shutdownTimeout <= 0 {
+		return kms.Config{}, errors.New("--health-interval, --health-timeout and --shutdown-timeout must be positive")
+	}
+	return kms.Config{
+		Endpoint:        ep,
+		Socket:          kms.SocketOptions{Mode: fs.FileMode(mode), Group: o.socketGroup},
+		HealthAddr:      o.healthAddr,
+		HealthInterval:  o.healthInterval,
+		HealthTimeout:   o.healthTimeout,
+		ShutdownTimeout: o.shutdownTimeout,
+		ProviderName:    o.provider,
+	}, nil
+}
+
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	default:
+		return nil, fmt.Errorf("--log-format %q: want text or json", format)
+	}
+}
+
+func defaultStateDir() string {
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "kms-plugin-dev")
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, ".local", "state", "kms-plugin-dev")
+	}
+	return filepath.Join(os.TempDir(), "kms-plugin-dev")
+}
+
+// setUpDev points the local provider at a keyring under the state
+// directory, creating it on first use, and puts the socket there unless
+// --listen was given.
+func setUpDev(fs *flag.FlagSet, o *options, lf *local.Factory, log *slog.Logger) error {
+	log.Warn("DEVELOPMENT MODE: the key-encryption key is a file under the state directory; never use --dev on a real cluster", "state_dir", o.stateDir)
+	if o.provider != "local" {
+		return fmt.Errorf("--dev runs the local provider; drop --provider %s", o.provider)
+	}
+	if err := os.MkdirAll(o.stateDir, 0o700); err != nil {
+		return fmt.Errorf("create state directory: %w", err)
+	}
+	if lf.Config.Keyring == "" {
+		lf.Config.Keyring = filepath.Join(o.stateDir, "keyring.json")
+	}
+	if _, err := os.Stat(lf.Config.Keyring); errors.Is(err, os.ErrNotExist) {
+		k, err := local.New(time.Now())
+		if err != nil {
+			return err
+		}
+		if err := local.Create(lf.Config.Keyring, k); err != nil {
+			return err
+		}
+		log.Info("created dev keyring", "path", lf.Config.Keyring, "key_id", k.KeyID(k.Primary().Version))
+	}
+	if !flagSet(fs, "listen") {
+		o.listen = "unix://" + filepath.Join(o.stateDir, "kms.sock")
+	}
+	return nil
+}
+
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}

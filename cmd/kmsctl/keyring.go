@@ -1,0 +1,136 @@
+package main
+
+import (
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kms-plugin/kms-plugin/providers"
+	"github.com/kms-plugin/kms-plugin/providers/local"
+)
+
+func newKeyringCmd() *cobra.Command {
+	var path string
+	cmd := &cobra.Command{
+		Use:   "keyring",
+		Short: "Manage a local provider keyring file",
+		Long: `Manage the keyring file of kms-plugin's local provider.
+
+Every change is written atomically (temporary file, fsync, rename) under a
+lock, and a running plugin picks it up within its --keyring-reload-interval.
+On an HA control plane, rotate in two phases: "add" on every node, then
+"promote" on every node, so that every node can decrypt a key before any
+node encrypts with it.`,
+	}
+	cmd.PersistentFlags().StringVar(&path, "keyring", "", "path of the keyring file (required)")
+	_ = cmd.MarkPersistentFlagRequired("keyring")
+
+	cmd.AddCommand(
+		&cobra.Command{
+			Use:   "init",
+			Short: "Create a keyring with one primary version (mode 0600); never overwrites",
+			Args:  cobra.NoArgs,
+			RunE: func(cmd *cobra.Command, _ []string) error {
+				k, err := local.New(time.Now())
+				if err != nil {
+					return err
+				}
+				if err := local.Create(path, k); err != nil {
+					return err
+				}
+				_, err = fmt.Fprintf(cmd.OutOrStdout(), "created keyring %s with primary key %s\n", path, k.KeyID(k.Primary().Version))
+				return err
+			},
+		},
+		keyringChange(&path, "rotate", "Add a version and make it primary; prints the new key_id",
+			func(k *local.Keyring) (string, error) {
+				v, err := k.Rotate(time.Now())
+				if err != nil {
+					return "", err
+				}
+				return k.KeyID(v.Version), nil
+			}),
+		keyringChange(&path, "add", "Add a version that decrypts but does not encrypt yet (phase 1 of an HA rotation)",
+			func(k *local.Keyring) (string, error) {
+				v, err := k.Add(time.Now())
+				if err != nil {
+					return "", err
+				}
+				return fmt.Sprintf("%s (version %d, active; promote it with --version %d once every node has it)", k.KeyID(v.Version), v.Version, v.Version), nil
+			}),
+		keyringVersionChange(&path, "promote", "Make a version primary (phase 2 of an HA rotation)", (*local.Keyring).Promote),
+		keyringVersionChange(&path, "retire", "Retire a version: it no longer decrypts (refuses the primary)", (*local.Keyring).Retire),
+		newKeyringListCmd(&path),
+	)
+	return cmd
+}
+
+// keyringChange builds a command that applies change to the keyring file
+// and prints what change returns.
+func keyringChange(path *string, use, short string, change func(*local.Keyring) (string, error)) *cobra.Command {
+	return &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var msg string
+			_, err := local.Update(*path, func(k *local.Keyring) error {
+				var err error
+				msg, err = change(k)
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprintln(cmd.OutOrStdout(), msg)
+			return err
+		},
+	}
+}
+
+// keyringVersionChange builds a command that applies change to one version.
+func keyringVersionChange(path *string, use, short string, change func(*local.Keyring, int64) error) *cobra.Command {
+	var version int64
+	cmd := keyringChange(path, use, short, func(k *local.Keyring) (string, error) {
+		if err := change(k, version); err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("%s: version %d is now %s", k.KeyID(version), version, k.Find(version).State), nil
+	})
+	cmd.Flags().Int64Var(&version, "version", 0, "key version (required)")
+	_ = cmd.MarkFlagRequired("version")
+	return cmd
+}
+
+func newKeyringListCmd(path *string) *cobra.Command {
+	var out output
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List versions, states, creation times and key_ids (never key bytes)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			k, err := local.Load(*path)
+			if err != nil {
+				return err
+			}
+			return printKeyInfos(cmd, out, k.Infos())
+		},
+	}
+	addOutputFlag(cmd, &out)
+	return cmd
+}
+
+// printKeyInfos prints key versions as a table or JSON.
+func printKeyInfos(cmd *cobra.Command, out output, infos []providers.KeyInfo) error {
+	if out == "json" {
+		return printJSON(cmd.OutOrStdout(), infos)
+	}
+	tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "VERSION\tSTATE\tCREATED\tKEY_ID")
+	for _, i := range infos {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", i.Version, i.State, i.Created.Format(time.RFC3339), i.KeyID)
+	}
+	return tw.Flush()
+}

@@ -1,0 +1,136 @@
+package kms
+
+import (
+	"context"
+	"log/slog"
+	"runtime"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Metrics holds the service's Prometheus collectors. Labels are bounded:
+// method, operation, gRPC code and outcome, never error text. All methods
+// accept a nil *Metrics and do nothing.
+type Metrics struct {
+	requests        *prometheus.CounterVec
+	latency         *prometheus.HistogramVec
+	providerLatency *prometheus.HistogramVec
+	healthy         prometheus.Gauge
+	degraded        prometheus.Gauge
+	currentKey      *prometheus.GaugeVec
+	lastKeyID       string
+}
+
+// NewMetrics registers the service's collectors, with the Go runtime,
+// process and build-info collectors, on reg.
+func NewMetrics(reg prometheus.Registerer, provider string) *Metrics {
+	buckets := []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}
+	m := &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kms_plugin_requests_total",
+			Help: "KMS v2 gRPC requests by method and gRPC code.",
+		}, []string{"method", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "kms_plugin_request_duration_seconds",
+			Help:    "KMS v2 gRPC request latency by method.",
+			Buckets: buckets,
+		}, []string{"method"}),
+		providerLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:        "kms_plugin_provider_duration_seconds",
+			Help:        "Provider call latency by operation and outcome.",
+			Buckets:     buckets,
+			ConstLabels: prometheus.Labels{"provider": provider},
+		}, []string{"operation", "outcome"}),
+		healthy: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kms_plugin_healthy",
+			Help: "1 when the last background provider probe succeeded.",
+		}),
+		degraded: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kms_plugin_degraded",
+			Help: "1 while the provider serves with a warning (such as a keyring that failed to reload).",
+		}),
+		currentKey: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kms_plugin_current_key_info",
+			Help: "The key_id that Encrypt uses now (value is always 1).",
+		}, []string{"key_id"}),
+	}
+	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "kms_plugin_build_info",
+		Help:        "Build information (value is always 1).",
+		ConstLabels: prometheus.Labels{"version": Version, "go_version": runtime.Version(), "provider": provider},
+	})
+	buildInfo.Set(1)
+	reg.MustRegister(m.requests, m.latency, m.providerLatency, m.healthy, m.degraded, m.currentKey, buildInfo,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// observeProvider records one provider call.
+func (m *Metrics) observeProvider(op string, start time.Time, err error) {
+	if m == nil {
+		return
+	}
+	outcome := "ok"
+	if err != nil {
+		outcome = codeOf(err).String()
+	}
+	m.providerLatency.WithLabelValues(op, outcome).Observe(time.Since(start).Seconds())
+}
+
+// setHealth records a probe's verdict and the current key. Only the health
+// loop calls it, so lastKeyID needs no lock.
+func (m *Metrics) setHealth(p Probe) {
+	if m == nil {
+		return
+	}
+	m.healthy.Set(boolGauge(p.Err == nil))
+	m.degraded.Set(boolGauge(p.Warning != nil))
+	if p.KeyID != "" && p.KeyID != m.lastKeyID {
+		m.currentKey.Reset()
+		m.currentKey.WithLabelValues(p.KeyID).Set(1)
+		m.lastKeyID = p.KeyID
+	}
+}
+
+func boolGauge(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// observeRequest records one gRPC request.
+func (m *Metrics) observeRequest(method string, start time.Time, err error) {
+	if m == nil {
+		return
+	}
+	m.requests.WithLabelValues(method, status.Code(err).String()).Inc()
+	m.latency.WithLabelValues(method).Observe(time.Since(start).Seconds())
+}
+
+// unaryInterceptor records metrics, logs each call at debug level (never
+// plaintext or ciphertext), makes sure no error leaves as codes.Unknown, and
+// turns a panic into codes.Internal instead of a dead plugin.
+func unaryInterceptor(log *slog.Logger, m *Metrics) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+		start := time.Now()
+		method := methodName(info.FullMethod)
+		defer func() {
+			if r := recover(); r != nil {
+				log.Error("panic in handler", "method", method, "panic", r)
+				resp, err = nil, status.Error(codes.Internal, method+": internal error")
+			}
+			if err != nil {
+				err = toStatus(method, err)
+			}
+			m.observeRequest(method, start, err)
+			logCall(ctx, log, method, req, resp, err, time.Since(start))
+		}()
+		return handler(ctx, req)
+	}
+}

@@ -1,0 +1,182 @@
+package local
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+)
+
+// fileStamp identifies one version of the keyring file cheaply, so that the
+// reload loop reads and parses the file only when it changed.
+type fileStamp struct {
+	ino, size    int64
+	mtime, ctime int64
+}
+
+func stampOf(fi fs.FileInfo) fileStamp {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fileStamp{size: fi.Size(), mtime: fi.ModTime().UnixNano()}
+	}
+	return fileStamp{
+		ino: int64(st.Ino), size: st.Size,
+		mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano(),
+	}
+}
+
+// Load reads, checks and parses the keyring at path. The file must be a
+// regular file owned by the current user and not accessible to group or
+// others: it holds the keys to every Secret.
+func Load(path string) (*Keyring, error) {
+	k, _, err := load(path)
+	return k, err
+}
+
+func load(path string) (*Keyring, fileStamp, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fileStamp{}, fmt.Errorf("open keyring: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fileStamp{}, fmt.Errorf("stat keyring: %w", err)
+	}
+	if err := checkFile(path, fi); err != nil {
+		return nil, fileStamp{}, err
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
+	if err != nil {
+		return nil, fileStamp{}, fmt.Errorf("read keyring %s: %w", path, err)
+	}
+	if len(b) > maxFileSize {
+		return nil, fileStamp{}, fmt.Errorf("keyring %s is larger than %d bytes", path, maxFileSize)
+	}
+	k, err := Parse(b)
+	if err != nil {
+		return nil, fileStamp{}, fmt.Errorf("keyring %s: %w", path, err)
+	}
+	return k, stampOf(fi), nil
+}
+
+// checkFile refuses a keyring that is not a regular file, is readable or
+// writable by group or others, or is owned by another user.
+func checkFile(path string, fi fs.FileInfo) error {
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("keyring %s is not a regular file", path)
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return fmt.Errorf("keyring %s has mode %#o: it must not be accessible to group or others (chmod 600 %s)", path, perm, path)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		if uid := os.Geteuid(); int(st.Uid) != uid {
+			return fmt.Errorf("keyring %s is owned by uid %d, but kms-plugin runs as uid %d: chown it to the plugin's user", path, st.Uid, uid)
+		}
+	}
+	return nil
+}
+
+// Create writes a new keyring to path, refusing to overwrite anything.
+func Create(path string, k *Keyring) error {
+	return withLock(path, func() error {
+		if _, err := os.Lstat(path); err == nil {
+			return fmt.Errorf("keyring %s already exists; refusing to overwrite it", path)
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("stat keyring: %w", err)
+		}
+		return writeAtomic(path, k)
+	})
+}
+
+// Update loads the keyring at path under an exclusive lock, applies change,
+// and writes the result atomically. If change or the write fails, the file
+// is left as it was.
+func Update(path string, change func(*Keyring) error) (*Keyring, error) {
+	var out *Keyring
+	err := withLock(path, func() error {
+		k, err := Load(path)
+		if err != nil {
+			return err
+		}
+		if err := change(k); err != nil {
+			return err
+		}
+		if err := writeAtomic(path, k); err != nil {
+			return err
+		}
+		out = k
+		return nil
+	})
+	return out, err
+}
+
+// withLock runs fn holding an exclusive flock on "<path>.lock", so that two
+// kmsctl runs never interleave their read-modify-write cycles.
+func withLock(path string, fn func() error) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("create keyring directory: %w", err)
+	}
+	lf, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("open keyring lock: %w", err)
+	}
+	defer lf.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) || time.Now().After(deadline) {
+			return fmt.Errorf("lock keyring %s: %w (is another kmsctl running?)", path, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fn()
+}
+
+// writeAtomic writes k next to path in a temporary file (0600), syncs it,
+// renames it over path and syncs the directory. A crash, a full disk or any
+// error leaves either the old file or the new one, never a mix.
+func writeAtomic(path string, k *Keyring) (err error) {
+	b, err := k.Marshal()
+	if err != nil {
+		return err
+	}
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("create temporary keyring: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			_ = tmp.Close()
+			_ = os.Remove(tmp.Name())
+		}
+	}()
+	if err = tmp.Chmod(0o600); err != nil {
+		return fmt.Errorf("chmod temporary keyring: %w", err)
+	}
+	if _, err = tmp.Write(b); err != nil {
+		return fmt.Errorf("write temporary keyring: %w", err)
+	}
+	if err = tmp.Sync(); err != nil {
+		return fmt.Errorf("sync temporary keyring: %w", err)
+	}
+	if err = tmp.Close(); err != nil {
+		return fmt.Errorf("close temporary keyring: %w", err)
+	}
+	if err = os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("replace keyring: %w", err)
+	}
+	if d, derr := os.Open(dir); derr == nil {
+		_ = d.Sync()
+		_ = d.Close()
+	}
+	return nil
+}

@@ -1,0 +1,94 @@
+// Package testbin finds or builds the binaries that kms-plugin's integration
+// and end-to-end tests run: the project's own commands, built from the
+// working tree, and the real servers (etcd, kube-apiserver, Vault), built
+// from the Go module proxy by test/tools/build.sh into a cache outside the
+// repository, keyed by version.
+package testbin
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+)
+
+var (
+	mu      sync.Mutex
+	tmpDir  string
+	built   = map[string]string{}
+	toolDir = map[string]string{}
+)
+
+// Main runs the package's tests and then removes what Build produced. Call
+// it from TestMain in packages that use Build.
+func Main(m *testing.M) int {
+	code := m.Run()
+	mu.Lock()
+	defer mu.Unlock()
+	if tmpDir != "" {
+		_ = os.RemoveAll(tmpDir)
+	}
+	return code
+}
+
+// RepoRoot returns the root of the kms-plugin repository.
+func RepoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+// Build compiles the project package pkg (such as "./cmd/kms-plugin") once
+// per test process and returns the binary's path.
+func Build(t testing.TB, pkg string) string {
+	t.Helper()
+	mu.Lock()
+	defer mu.Unlock()
+	if p, ok := built[pkg]; ok {
+		return p
+	}
+	if tmpDir == "" {
+		d, err := os.MkdirTemp("", "kms-plugin-testbin-")
+		if err != nil {
+			t.Fatalf("create build dir: %v", err)
+		}
+		tmpDir = d
+	}
+	out := filepath.Join(tmpDir, filepath.Base(pkg))
+	cmd := exec.Command("go", "build", "-o", out, pkg)
+	cmd.Dir = RepoRoot()
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
+	}
+	built[pkg] = out
+	return out
+}
+
+// Tool returns the path of binary from the real server tool (etcd,
+// kube-apiserver or vault), building the tool first if the cache lacks it.
+// A cold build takes minutes; later runs reuse the cache.
+func Tool(t testing.TB, tool, binary string) string {
+	t.Helper()
+	mu.Lock()
+	defer mu.Unlock()
+	dir, ok := toolDir[tool]
+	if !ok {
+		var stdout, stderr bytes.Buffer
+		cmd := exec.Command("bash", filepath.Join(RepoRoot(), "test", "tools", "build.sh"), tool)
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("build %s: %v\n%s", tool, err, stderr.String())
+		}
+		dir = strings.TrimSpace(stdout.String())
+		toolDir[tool] = dir
+	}
+	p := filepath.Join(dir, binary)
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("%s: %v", tool, fmt.Errorf("binary %s missing after build: %w", binary, err))
+	}
+	return p
+}
