@@ -1,0 +1,281 @@
+package vault
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/vault/api"
+)
+
+// backend is the slice of Vault's HTTP API that the provider uses. The
+// real one wraps *api.Client; unit tests swap in a fake. Errors come back
+// unclassified (as the SDK returns them); the provider classifies them
+// once, in classify.
+type backend interface {
+	// Encrypt seals plaintext with key version, binding ad, and returns
+	// transit's "vault:vN:<base64>" string.
+	Encrypt(ctx context.Context, version int64, plaintext, ad []byte) (string, error)
+	// Decrypt opens a "vault:vN:<base64>" string with ad.
+	Decrypt(ctx context.Context, ciphertext string, ad []byte) ([]byte, error)
+	// ReadKey returns the key's metadata, or errKeyMissing.
+	ReadKey(ctx context.Context) (keyMetadata, error)
+	// Rotate adds a new key version.
+	Rotate(ctx context.Context) error
+	// SetMinDecryptionVersion sets the key's min_decryption_version.
+	SetMinDecryptionVersion(ctx context.Context, version int64) error
+
+	// Login posts body to auth/<mount>/login without any token and
+	// returns the token it issues.
+	Login(ctx context.Context, mount string, body map[string]any) (tokenInfo, error)
+	// LookupSelf describes the token in use.
+	LookupSelf(ctx context.Context) (tokenInfo, error)
+	// RenewSelf renews the token in use.
+	RenewSelf(ctx context.Context) (tokenInfo, error)
+	// SetToken makes token the one used by every later call.
+	SetToken(token string)
+}
+
+// errKeyMissing is what backend.ReadKey returns when the key does not
+// exist (Vault answers 404 with no body, which the SDK reports as a nil
+// secret and no error).
+var errKeyMissing = errors.New("transit key does not exist")
+
+// tokenInfo is what the provider needs to know about a token. Token is a
+// secret: it never goes into an error or a log.
+type tokenInfo struct {
+	Token     string
+	TTL       time.Duration // 0 when the token never expires
+	Renewable bool
+}
+
+// keyMetadata is the part of transit/keys/<k> the provider uses.
+type keyMetadata struct {
+	Type                 string
+	Derived              bool
+	SupportsEncryption   bool
+	DeletionAllowed      bool
+	Latest               int64
+	MinDecryptionVersion int64
+	MinEncryptionVersion int64
+	// Created holds each live version's creation time, which makes the
+	// key_id unique to that version's life.
+	Created map[int64]time.Time
+}
+
+// versions returns the live versions in ascending order.
+func (m keyMetadata) versions() []int64 {
+	vs := make([]int64, 0, len(m.Created))
+	for v := range m.Created {
+		vs = append(vs, v)
+	}
+	sort.Slice(vs, func(i, j int) bool { return vs[i] < vs[j] })
+	return vs
+}
+
+// aeadKeyTypes are the transit key types that take associated_data.
+var aeadKeyTypes = map[string]bool{
+	"aes128-gcm96":      true,
+	"aes256-gcm96":      true,
+	"chacha20-poly1305": true,
+}
+
+// usable reports why the key cannot wrap DEKs for kms-plugin, or nil.
+func (m keyMetadata) usable() error {
+	switch {
+	case !aeadKeyTypes[m.Type]:
+		return fmt.Errorf("key type %q does not support associated data; use aes256-gcm96", m.Type)
+	case m.Derived:
+		return errors.New("derived (context) keys are not supported")
+	case m.Latest < 1 || m.Created[m.Latest].IsZero():
+		return fmt.Errorf("latest version %d has no creation time", m.Latest)
+	}
+	return nil
+}
+
+// apiBackend is the backend over the Vault SDK.
+type apiBackend struct {
+	client *api.Client
+	mount  string // transit mount, no slashes
+	key    string
+}
+
+var _ backend = (*apiBackend)(nil)
+
+func (b *apiBackend) path(parts ...string) string {
+	return b.mount + "/" + strings.Join(parts, "/")
+}
+
+func (b *apiBackend) Encrypt(ctx context.Context, version int64, plaintext, ad []byte) (string, error) {
+	s, err := b.client.Logical().WriteWithContext(ctx, b.path("encrypt", url.PathEscape(b.key)), map[string]any{
+		"plaintext":       base64.StdEncoding.EncodeToString(plaintext),
+		"associated_data": base64.StdEncoding.EncodeToString(ad),
+		"key_version":     version,
+	})
+	if err != nil {
+		return "", err
+	}
+	ct, ok := dataString(s, "ciphertext")
+	if !ok {
+		return "", errors.New("vault encrypt response has no ciphertext")
+	}
+	return ct, nil
+}
+
+func (b *apiBackend) Decrypt(ctx context.Context, ciphertext string, ad []byte) ([]byte, error) {
+	s, err := b.client.Logical().WriteWithContext(ctx, b.path("decrypt", url.PathEscape(b.key)), map[string]any{
+		"ciphertext":      ciphertext,
+		"associated_data": base64.StdEncoding.EncodeToString(ad),
+	})
+	if err != nil {
+		return nil, err
+	}
+	pt, ok := dataString(s, "plaintext")
+	if !ok {
+		return nil, errors.New("vault decrypt response has no plaintext")
+	}
+	out, err := base64.StdEncoding.DecodeString(pt)
+	if err != nil {
+		return nil, errors.New("vault decrypt response is not base64")
+	}
+	return out, nil
+}
+
+func (b *apiBackend) ReadKey(ctx context.Context) (keyMetadata, error) {
+	s, err := b.client.Logical().ReadWithContext(ctx, b.path("keys", url.PathEscape(b.key)))
+	if err != nil {
+		return keyMetadata{}, err
+	}
+	if s == nil || s.Data == nil {
+		return keyMetadata{}, errKeyMissing
+	}
+	return parseKeyMetadata(s.Data)
+}
+
+// parseKeyMetadata reads transit's key description, whose numbers arrive
+// as json.Number.
+func parseKeyMetadata(d map[string]any) (keyMetadata, error) {
+	m := keyMetadata{Created: map[int64]time.Time{}}
+	m.Type, _ = d["type"].(string)
+	m.Derived, _ = d["derived"].(bool)
+	m.SupportsEncryption, _ = d["supports_encryption"].(bool)
+	m.DeletionAllowed, _ = d["deletion_allowed"].(bool)
+	var err error
+	if m.Latest, err = toInt64(d["latest_version"]); err != nil {
+		return keyMetadata{}, fmt.Errorf("parse latest_version: %w", err)
+	}
+	if m.MinDecryptionVersion, err = toInt64(d["min_decryption_version"]); err != nil {
+		return keyMetadata{}, fmt.Errorf("parse min_decryption_version: %w", err)
+	}
+	if m.MinEncryptionVersion, err = toInt64(d["min_encryption_version"]); err != nil {
+		return keyMetadata{}, fmt.Errorf("parse min_encryption_version: %w", err)
+	}
+	keys, _ := d["keys"].(map[string]any)
+	for k, v := range keys {
+		ver, err := strconv.ParseInt(k, 10, 64)
+		if err != nil || ver < 1 {
+			return keyMetadata{}, fmt.Errorf("parse key version %q", k)
+		}
+		sec, err := toInt64(v)
+		if err != nil {
+			return keyMetadata{}, fmt.Errorf("parse creation time of version %d: %w", ver, err)
+		}
+		m.Created[ver] = time.Unix(sec, 0).UTC()
+	}
+	return m, nil
+}
+
+func toInt64(v any) (int64, error) {
+	switch n := v.(type) {
+	case json.Number:
+		return n.Int64()
+	case float64:
+		return int64(n), nil
+	case int64:
+		return n, nil
+	case int:
+		return int64(n), nil
+	case nil:
+		return 0, errors.New("missing")
+	default:
+		return 0, fmt.Errorf("unexpected type %T", v)
+	}
+}
+
+func (b *apiBackend) Rotate(ctx context.Context) error {
+	_, err := b.client.Logical().WriteWithContext(ctx, b.path("keys", url.PathEscape(b.key), "rotate"), nil)
+	return err
+}
+
+func (b *apiBackend) SetMinDecryptionVersion(ctx context.Context, version int64) error {
+	_, err := b.client.Logical().WriteWithContext(ctx, b.path("keys", url.PathEscape(b.key), "config"), map[string]any{
+		"min_decryption_version": version,
+	})
+	return err
+}
+
+func (b *apiBackend) Login(ctx context.Context, mount string, body map[string]any) (tokenInfo, error) {
+	// Log in on a clone without a token: a revoked token in the header
+	// must not get in the way of getting a new one.
+	c, err := b.client.CloneWithHeaders()
+	if err != nil {
+		return tokenInfo{}, err
+	}
+	c.ClearToken()
+	s, err := c.Logical().WriteWithContext(ctx, "auth/"+mount+"/login", body)
+	if err != nil {
+		return tokenInfo{}, err
+	}
+	if s == nil || s.Auth == nil || s.Auth.ClientToken == "" {
+		return tokenInfo{}, errors.New("vault login response has no token")
+	}
+	return tokenInfo{
+		Token:     s.Auth.ClientToken,
+		TTL:       time.Duration(s.Auth.LeaseDuration) * time.Second,
+		Renewable: s.Auth.Renewable,
+	}, nil
+}
+
+func (b *apiBackend) LookupSelf(ctx context.Context) (tokenInfo, error) {
+	s, err := b.client.Auth().Token().LookupSelfWithContext(ctx)
+	if err != nil {
+		return tokenInfo{}, err
+	}
+	if s == nil || s.Data == nil {
+		return tokenInfo{}, errors.New("vault token lookup response is empty")
+	}
+	ttl, _ := toInt64(s.Data["ttl"])
+	renewable, _ := s.Data["renewable"].(bool)
+	return tokenInfo{TTL: time.Duration(ttl) * time.Second, Renewable: renewable}, nil
+}
+
+func (b *apiBackend) RenewSelf(ctx context.Context) (tokenInfo, error) {
+	s, err := b.client.Auth().Token().RenewSelfWithContext(ctx, 0)
+	if err != nil {
+		return tokenInfo{}, err
+	}
+	if s == nil || s.Auth == nil {
+		return tokenInfo{}, errors.New("vault token renewal response is empty")
+	}
+	return tokenInfo{
+		TTL:       time.Duration(s.Auth.LeaseDuration) * time.Second,
+		Renewable: s.Auth.Renewable,
+	}, nil
+}
+
+func (b *apiBackend) SetToken(token string) { b.client.SetToken(token) }
+
+func dataString(s *api.Secret, field string) (string, bool) {
+	if s == nil || s.Data == nil {
+		return "", false
+	}
+	v, ok := s.Data[field].(string)
+	return v, ok && v != ""
+}
