@@ -1,0 +1,67 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	kmstypes "k8s.io/apiserver/pkg/storage/value/encrypt/envelope/kmsv2/v2"
+
+	"github.com/kms-plugin/kms-plugin/test/e2e/cluster"
+)
+
+// TestEncryptionAtRest checks that Secrets (and ConfigMaps, when the
+// EncryptionConfiguration lists them) written through kube-apiserver are
+// stored in etcd as kms-plugin envelopes under the plugin's current key.
+func TestEncryptionAtRest(t *testing.T) {
+	c := cluster.Start(t, cluster.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	ns := c.Namespace(t)
+
+	keyID, err := c.KeyID(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	value := secretValue(t)
+	createSecret(ctx, t, c, ns, "at-rest", value)
+	checkSecretReads(ctx, t, c, ns, "at-rest", value)
+	checkEncrypted(ctx, t, c, "secrets", ns, "at-rest", value, keyID)
+
+	raw, err := c.Raw(ctx, "secrets", ns, "at-rest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, err := c.Encrypted(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if obj.EncryptedDEKSourceType != kmstypes.EncryptedDEKSourceType_HKDF_SHA256_XNONCE_AES_GCM_SEED {
+		t.Errorf("encryptedDEKSourceType = %v, want HKDF_SHA256_XNONCE_AES_GCM_SEED", obj.EncryptedDEKSourceType)
+	}
+	t.Logf("secret %s/at-rest: %d raw bytes, keyID %q, %d annotations", ns, len(raw), obj.KeyID, len(obj.Annotations))
+
+	if !contains(c.EncryptedResources, "configmaps") {
+		t.Logf("the EncryptionConfiguration does not list configmaps; skipping the ConfigMap check")
+		return
+	}
+	cmValue := secretValue(t)
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "at-rest"}, Data: map[string]string{"value": string(cmValue)}}
+	if _, err := c.Client.CoreV1().ConfigMaps(ns).Create(ctx, cm, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create configmap: %v", err)
+	}
+	got, err := c.Client.CoreV1().ConfigMaps(ns).Get(ctx, "at-rest", metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("get configmap: %v", err)
+	}
+	if !bytes.Equal([]byte(got.Data["value"]), cmValue) {
+		t.Fatalf("configmap value = %q, want %q", got.Data["value"], cmValue)
+	}
+	checkEncrypted(ctx, t, c, "configmaps", ns, "at-rest", cmValue, keyID)
+}
