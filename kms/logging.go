@@ -29,7 +29,7 @@ func logCall(ctx context.Context, log *slog.Logger, method string, req, resp any
 	if !log.Enabled(ctx, level) {
 		return
 	}
-	attrs := []slog.Attr{slog.String("op", method), slog.Duration("duration", d)}
+	attrs := []slog.Attr{slog.String("op", method), slog.Float64("duration_seconds", d.Seconds())}
 	switch r := req.(type) {
 	case *kmsapi.EncryptRequest:
 		attrs = append(attrs, slog.String("uid", r.GetUid()), slog.Int("plaintext_bytes", len(r.GetPlaintext())))

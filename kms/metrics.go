@@ -75,7 +75,7 @@ func (m *Metrics) observeProvider(op string, start time.Time, err error) {
 	if m == nil {
 		return
 	}
-	outcome := "ok"
+	outcome := "OK"
 	if err != nil {
 		outcome = codeOf(err).String()
 	}

@@ -136,7 +136,7 @@ func (p *Provider) Current() (providers.Key, error) { return p.ring.Load().prima
 // this keyring: nonce (12 random bytes) || AES-256-GCM(plaintext, aad || 0 || key_id).
 func (p *Provider) Encrypt(_ context.Context, key providers.Key, plaintext, aad []byte) ([]byte, error) {
 	l := p.ring.Load()
-	aead, err := l.aead("encrypt", key)
+	aead, err := l.aead(key)
 	if err != nil {
 		return nil, err
 	}
@@ -150,42 +150,42 @@ func (p *Provider) Encrypt(_ context.Context, key providers.Key, plaintext, aad 
 // Decrypt opens a ciphertext made by Encrypt.
 func (p *Provider) Decrypt(_ context.Context, key providers.Key, ciphertext, aad []byte) ([]byte, error) {
 	l := p.ring.Load()
-	aead, err := l.aead("decrypt", key)
+	aead, err := l.aead(key)
 	if err != nil {
 		return nil, err
 	}
 	if len(ciphertext) < nonceSize+aead.Overhead() {
-		return nil, fmt.Errorf("decrypt: ciphertext too short: %w", providers.ErrInvalidCiphertext)
+		return nil, fmt.Errorf("ciphertext too short: %w", providers.ErrInvalidCiphertext)
 	}
 	pt, err := aead.Open(nil, ciphertext[:nonceSize], ciphertext[nonceSize:], bindKeyID(aad, key.ID))
 	if err != nil {
-		return nil, fmt.Errorf("decrypt with key %s: authentication failed: %w", key.ID, providers.ErrInvalidCiphertext)
+		return nil, fmt.Errorf("key %s: authentication failed: %w", key.ID, providers.ErrInvalidCiphertext)
 	}
 	return pt, nil
 }
 
 // aead finds the cipher for key after checking that key.ID names the same
 // keyring and version as key.Ref.
-func (l *loaded) aead(op string, key providers.Key) (cipher.AEAD, error) {
+func (l *loaded) aead(key providers.Key) (cipher.AEAD, error) {
 	v, err := parseKeyRef(key.Ref)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", op, err)
+		return nil, err
 	}
 	ring, idv, ok := parseKeyID(key.ID)
 	switch {
 	case !ok:
-		return nil, fmt.Errorf("%s: key_id %q is not a local keyring key_id: %w", op, key.ID, providers.ErrInvalidCiphertext)
+		return nil, fmt.Errorf("key_id %q is not a local keyring key_id: %w", key.ID, providers.ErrInvalidCiphertext)
 	case ring != l.id:
-		return nil, fmt.Errorf("%s: key_id %q belongs to keyring %s, but this plugin serves keyring %s: %w", op, key.ID, ring, l.id, providers.ErrKeyNotFound)
+		return nil, fmt.Errorf("key_id %q belongs to keyring %s, but this plugin serves keyring %s: %w", key.ID, ring, l.id, providers.ErrKeyNotFound)
 	case idv != v:
-		return nil, fmt.Errorf("%s: key_id %q does not match the ciphertext's key version %d: %w", op, key.ID, v, providers.ErrInvalidCiphertext)
+		return nil, fmt.Errorf("key_id %q does not match the ciphertext's key version %d: %w", key.ID, v, providers.ErrInvalidCiphertext)
 	}
 	state, ok := l.states[v]
 	switch {
 	case !ok:
-		return nil, fmt.Errorf("%s: key version %d is not in keyring %s: %w", op, v, l.id, providers.ErrKeyNotFound)
+		return nil, fmt.Errorf("key version %d is not in keyring %s: %w", v, l.id, providers.ErrKeyNotFound)
 	case state == providers.StateRetired:
-		return nil, fmt.Errorf("%s: key version %d is retired: %w", op, v, providers.ErrKeyRetired)
+		return nil, fmt.Errorf("key version %d is retired: %w", v, providers.ErrKeyRetired)
 	}
 	return l.aeads[v], nil
 }

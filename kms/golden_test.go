@@ -1,0 +1,112 @@
+package kms
+
+import (
+	"bufio"
+	"context"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	kmsapi "k8s.io/kms/apis/v2"
+
+	"github.com/kms-plugin/kms-plugin/providers/local"
+)
+
+type goldenVector struct {
+	keyID                 string
+	plaintext, ciphertext []byte
+}
+
+// readGolden reads "key_id plaintext-hex ciphertext-hex" lines.
+func readGolden(t testing.TB, path string) []goldenVector {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []goldenVector
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		fields := strings.Fields(line)
+		if len(fields) != 3 {
+			t.Fatalf("bad golden line %q", line)
+		}
+		pt, err1 := hex.DecodeString(fields[1])
+		ct, err2 := hex.DecodeString(fields[2])
+		if err1 != nil || err2 != nil {
+			t.Fatalf("bad hex in golden line %q", line)
+		}
+		out = append(out, goldenVector{fields[0], pt, ct})
+	}
+	return out
+}
+
+// TestWriteGolden regenerates the golden files when KMS_PLUGIN_WRITE_GOLDEN
+// is set. It exists for new envelope formats; v1 files must never change.
+func TestWriteGolden(t *testing.T) {
+	if os.Getenv("KMS_PLUGIN_WRITE_GOLDEN") == "" {
+		t.Skip("set KMS_PLUGIN_WRITE_GOLDEN=1 to regenerate testdata (new formats only)")
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "keyring.json")
+	k, err := local.New(time.Date(2026, 11, 25, 0, 0, 0, 0, time.UTC))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := k.Rotate(time.Date(2026, 11, 26, 0, 0, 0, 0, time.UTC)); err != nil {
+		t.Fatal(err)
+	}
+	if err := local.Create(path, k); err != nil {
+		t.Fatal(err)
+	}
+	p, err := local.Open(path, 0, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	s := newServer(t, p)
+	var b strings.Builder
+	b.WriteString("# key_id plaintext ciphertext (hex), envelope format v1\n")
+	seal := func(pt []byte) {
+		resp, err := s.Encrypt(context.Background(), &kmsapi.EncryptRequest{Plaintext: pt})
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&b, "%s %x %x\n", resp.KeyId, pt, resp.Ciphertext)
+	}
+	seal([]byte("0123456789abcdef0123456789abcdef"))
+	seal([]byte{0})
+	if err := p.RetireBelow(context.Background(), 1); err != nil {
+		t.Fatal(err)
+	}
+	// Seal one vector under version 1 too, by promoting it back in a copy.
+	if _, err := local.Update(path, func(k *local.Keyring) error { return k.Promote(1) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	seal([]byte("sealed under version 1 of the golden keyring"))
+	if _, err := local.Update(path, func(k *local.Keyring) error { return k.Promote(2) }); err != nil {
+		t.Fatal(err)
+	}
+	ring, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile("testdata/golden-keyring.json", ring, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile("testdata/golden-v1.txt", []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
