@@ -59,7 +59,7 @@ func parseEnvelope(b []byte) (envelope, error) {
 	if len(b) < 2+n+minSealedLen {
 		return envelope{}, fmt.Errorf("%w: truncated (%d bytes)", errEnvelope, len(b))
 	}
-	return envelope{header: b[:2+n:2+n], keyRef: b[2 : 2+n : 2+n], sealed: b[2+n:]}, nil
+	return envelope{header: b[: 2+n : 2+n], keyRef: b[2 : 2+n : 2+n], sealed: b[2+n:]}, nil
 }
 
 // associatedData is what the provider binds (with the key_id) to the
