@@ -30,7 +30,10 @@ func ParseEndpoint(s string) (Endpoint, error) {
 		return Endpoint{}, fmt.Errorf("endpoint %q: want unix:///path or unix:///@name", s)
 	}
 	switch {
-	case strings.HasPrefix(rest, "/@") && len(rest) > 2:
+	case strings.HasPrefix(rest, "/@"):
+		if len(rest) == 2 {
+			return Endpoint{}, fmt.Errorf("endpoint %q: abstract socket name is empty", s)
+		}
 		return Endpoint{Address: rest[1:]}, nil
 	case strings.HasPrefix(rest, "/") && len(rest) > 1 && !strings.HasSuffix(rest, "/"):
 		return Endpoint{Address: filepath.Clean(rest)}, nil

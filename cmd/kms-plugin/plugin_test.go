@@ -260,6 +260,15 @@ func TestPluginServesContract(t *testing.T) {
 	if strings.Contains(p.logs.String(), string(seed)) {
 		t.Errorf("logs contain the plaintext")
 	}
+
+	var res struct {
+		Healthz string `json:"healthz"`
+		KeyID   string `json:"key_id"`
+	}
+	out := kmsctl(t, "status", "--endpoint", p.endpoint, "-o", "json")
+	if err := json.Unmarshal([]byte(out), &res); err != nil || res.KeyID != st.KeyId || res.Healthz != "ok" {
+		t.Errorf("kmsctl status -o json = %q (%v), want key_id %q and healthz ok", out, err, st.KeyId)
+	}
 }
 
 func TestPluginRotationAndReload(t *testing.T) {

@@ -1,0 +1,111 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/kms-plugin/kms-plugin/providers"
+)
+
+// kmsctl runs the CLI in process and returns stdout and the error.
+func kmsctl(args ...string) (string, error) {
+	root := newRootCmd()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs(args)
+	err := root.Execute()
+	return out.String(), err
+}
+
+func TestKeyringCommands(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "keys", "keyring.json")
+	out, err := kmsctl("keyring", "init", "--keyring", path)
+	if err != nil || !strings.Contains(out, ":v1") {
+		t.Fatalf("keyring init = %q, %v", out, err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("keyring file: %v, %v; want mode 0600", fi, err)
+	}
+	before, _ := os.ReadFile(path)
+	if _, err := kmsctl("keyring", "init", "--keyring", path); err == nil || !strings.Contains(err.Error(), "refusing to overwrite") {
+		t.Errorf("second init = %v, want a refusal", err)
+	}
+	if after, _ := os.ReadFile(path); !bytes.Equal(before, after) {
+		t.Errorf("refused init changed the keyring")
+	}
+
+	out, err = kmsctl("keyring", "rotate", "--keyring", path)
+	if err != nil || !strings.HasSuffix(strings.TrimSpace(out), ":v2") {
+		t.Fatalf("keyring rotate = %q, %v; want the v2 key_id", out, err)
+	}
+	if out, err = kmsctl("keyring", "add", "--keyring", path); err != nil || !strings.Contains(out, "version 3, active") {
+		t.Fatalf("keyring add = %q, %v", out, err)
+	}
+	if _, err = kmsctl("keyring", "promote", "--keyring", path, "--version", "3"); err != nil {
+		t.Fatalf("keyring promote = %v", err)
+	}
+	if _, err = kmsctl("keyring", "retire", "--keyring", path, "--version", "3"); err == nil {
+		t.Errorf("retiring the primary succeeded")
+	}
+	if _, err = kmsctl("keyring", "retire", "--keyring", path, "--version", "1"); err != nil {
+		t.Fatalf("keyring retire 1 = %v", err)
+	}
+	if _, err = kmsctl("keyring", "promote", "--keyring", path, "--version", "1"); err == nil {
+		t.Errorf("promoting a retired version succeeded")
+	}
+
+	out, err = kmsctl("keyring", "list", "--keyring", path, "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var infos []providers.KeyInfo
+	if err := json.Unmarshal([]byte(out), &infos); err != nil {
+		t.Fatalf("list -o json is not JSON: %v\n%s", err, out)
+	}
+	want := []providers.KeyState{providers.StateRetired, providers.StateActive, providers.StatePrimary}
+	if len(infos) != 3 {
+		t.Fatalf("list = %d versions, want 3", len(infos))
+	}
+	for i, info := range infos {
+		if info.Version != int64(i+1) || info.State != want[i] || !strings.HasSuffix(info.KeyID, ":v"+string(rune('1'+i))) {
+			t.Errorf("version %d = %+v, want state %s", i+1, info, want[i])
+		}
+	}
+	raw, _ := os.ReadFile(path)
+	var file struct {
+		Versions []struct {
+			Key string `json:"key"`
+		} `json:"versions"`
+	}
+	if err := json.Unmarshal(raw, &file); err != nil {
+		t.Fatal(err)
+	}
+	table, err := kmsctl("keyring", "list", "--keyring", path)
+	if err != nil || !strings.Contains(table, "VERSION") {
+		t.Fatalf("list = %q, %v", table, err)
+	}
+	for _, v := range file.Versions {
+		if strings.Contains(out, v.Key) || strings.Contains(table, v.Key) {
+			t.Errorf("keyring list printed key bytes")
+		}
+	}
+	if _, err := kmsctl("keyring", "list", "--keyring", path, "-o", "yaml"); err == nil {
+		t.Errorf("-o yaml accepted")
+	}
+}
+
+func TestStatusCommandFailsWithoutPlugin(t *testing.T) {
+	_, err := kmsctl("status", "--endpoint", "unix://"+filepath.Join(t.TempDir(), "none.sock"), "--timeout", "200ms")
+	if err == nil {
+		t.Errorf("status against no plugin succeeded")
+	}
+	if _, err := kmsctl("status", "--endpoint", "tcp://127.0.0.1:1"); err == nil || !strings.Contains(err.Error(), "unix://") {
+		t.Errorf("status with a tcp endpoint = %v, want an endpoint error", err)
+	}
+}
