@@ -1,0 +1,136 @@
+package deploy_test
+
+import (
+	"debug/elf"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kms-plugin/kms-plugin/test/testbin"
+)
+
+// dockerfile returns the Dockerfile's instructions, one per element with
+// line continuations joined and comments dropped.
+func dockerfile(t *testing.T) []string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(testbin.RepoRoot(), "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	cur := ""
+	for _, line := range strings.Split(string(b), "\n") {
+		trimmed := strings.TrimSpace(line)
+		if cur == "" && (trimmed == "" || strings.HasPrefix(trimmed, "#")) {
+			continue
+		}
+		if c, ok := strings.CutSuffix(trimmed, `\`); ok {
+			cur += c + " "
+			continue
+		}
+		out = append(out, cur+trimmed)
+		cur = ""
+	}
+	return out
+}
+
+// TestDockerfileBuild runs the Dockerfile's go build command outside Docker
+// (CI has no engine) and checks that it yields static binaries that print
+// the version passed in, and that the final stage is distroless non-root.
+func TestDockerfileBuild(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds both commands with the Dockerfile's flags")
+	}
+	var build string
+	var final []string
+	for _, ins := range dockerfile(t) {
+		if strings.HasPrefix(ins, "FROM ") {
+			final = nil
+		}
+		final = append(final, ins)
+		if strings.HasPrefix(ins, "RUN ") && strings.Contains(ins, "go build") {
+			if build != "" {
+				t.Fatalf("more than one go build RUN in the Dockerfile")
+			}
+			build = ins
+		}
+	}
+	if build == "" {
+		t.Fatal("no RUN with go build in the Dockerfile")
+	}
+	// Drop RUN and its BuildKit options (--mount=...) to get the shell command.
+	fields := strings.Fields(strings.TrimPrefix(build, "RUN "))
+	for len(fields) > 0 && strings.HasPrefix(fields[0], "--") {
+		fields = fields[1:]
+	}
+	command := strings.Join(fields, " ")
+	if !strings.Contains(command, "CGO_ENABLED=0") {
+		t.Errorf("build command does not set CGO_ENABLED=0: %s", command)
+	}
+
+	out := t.TempDir()
+	version := fmt.Sprintf("v0.0.0-dockerfile-test-%d", time.Now().UnixNano())
+	cmd := exec.Command("sh", "-c", command)
+	cmd.Dir = testbin.RepoRoot()
+	cmd.Env = append(os.Environ(), "VERSION="+version, "TARGETOS="+runtime.GOOS, "TARGETARCH="+runtime.GOARCH, "OUT="+out)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("Dockerfile build command failed: %v\n%s\n%s", err, command, b)
+	}
+
+	for _, name := range []string{"kms-plugin", "kmsctl"} {
+		bin := filepath.Join(out, name)
+		checkStatic(t, bin)
+		got, err := exec.Command(bin, "--version").CombinedOutput()
+		if err != nil {
+			t.Errorf("%s --version: %v\n%s", name, err, got)
+			continue
+		}
+		if !strings.Contains(string(got), version) {
+			t.Errorf("%s --version = %q, want it to contain %q", name, strings.TrimSpace(string(got)), version)
+		}
+	}
+
+	finalStage := strings.Join(final, "\n")
+	if !regexp.MustCompile(`(?m)^FROM gcr\.io/distroless/static[\w.-]*:nonroot`).MatchString(finalStage) {
+		t.Errorf("final stage is not distroless static nonroot:\n%s", finalStage)
+	}
+	user := regexp.MustCompile(`(?m)^USER (\S+)`).FindStringSubmatch(finalStage)
+	if user == nil || user[1] == "root" || strings.HasPrefix(user[1], "0") {
+		t.Errorf("final stage USER = %v, want a non-root user", user)
+	}
+	for _, name := range []string{"kms-plugin", "kmsctl"} {
+		if !strings.Contains(finalStage, "/out/"+name) {
+			t.Errorf("final stage does not copy %s", name)
+		}
+	}
+}
+
+// checkStatic fails unless bin is an ELF executable with no program
+// interpreter and no shared libraries, as distroless/static requires.
+func checkStatic(t *testing.T, bin string) {
+	t.Helper()
+	f, err := elf.Open(bin)
+	if err != nil {
+		t.Errorf("%s: %v", bin, err)
+		return
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			t.Errorf("%s has a program interpreter: dynamically linked", filepath.Base(bin))
+		}
+	}
+	libs, err := f.ImportedLibraries()
+	if err != nil {
+		t.Errorf("%s: read imported libraries: %v", filepath.Base(bin), err)
+	}
+	if len(libs) > 0 {
+		t.Errorf("%s needs shared libraries %v", filepath.Base(bin), libs)
+	}
+}
