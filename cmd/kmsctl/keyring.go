@@ -62,6 +62,7 @@ node encrypts with it.`,
 			}),
 		keyringVersionChange(&path, "promote", "Make a version primary (phase 2 of an HA rotation)", (*local.Keyring).Promote),
 		keyringVersionChange(&path, "retire", "Retire a version: it no longer decrypts (refuses the primary)", (*local.Keyring).Retire),
+		keyringVersionChange(&path, "reactivate", "Make a retired version decrypt again (undoes retire)", (*local.Keyring).Reactivate),
 		newKeyringListCmd(&path),
 	)
 	return cmd

@@ -59,6 +59,12 @@ func TestKeyringCommands(t *testing.T) {
 	if _, err = kmsctl("keyring", "promote", "--keyring", path, "--version", "1"); err == nil {
 		t.Errorf("promoting a retired version succeeded")
 	}
+	if out, err = kmsctl("keyring", "reactivate", "--keyring", path, "--version", "1"); err != nil || !strings.Contains(out, "now active") {
+		t.Fatalf("keyring reactivate 1 = %q, %v", out, err)
+	}
+	if _, err = kmsctl("keyring", "retire", "--keyring", path, "--version", "1"); err != nil {
+		t.Fatalf("keyring retire 1 again = %v", err)
+	}
 
 	out, err = kmsctl("keyring", "list", "--keyring", path, "-o", "json")
 	if err != nil {

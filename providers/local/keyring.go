@@ -196,6 +196,19 @@ func (k *Keyring) Retire(v int64) error {
 	return nil
 }
 
+// Reactivate makes a retired version active again, so that it decrypts:
+// the way back from a retirement that came too early.
+func (k *Keyring) Reactivate(v int64) error {
+	t := k.Find(v)
+	switch {
+	case t == nil:
+		return fmt.Errorf("reactivate version %d: %w", v, providers.ErrKeyNotFound)
+	case t.State == providers.StateRetired:
+		t.State = providers.StateActive
+	}
+	return nil
+}
+
 // Infos lists the versions without key bytes.
 func (k *Keyring) Infos() []providers.KeyInfo {
 	out := make([]providers.KeyInfo, 0, len(k.Versions))
