@@ -21,7 +21,7 @@ work=/tmp/kms-plugin-kind # the hostPaths in cluster.yaml
 node=$cluster-control-plane
 uid=65532 # the plugin's user in deploy/static-pod/kms-plugin.yaml
 sock=/var/run/kms-plugin/kms.sock
-keyring=/etc/kms-plugin/keyring.json
+keyring=/etc/kubernetes/kms-plugin/keyring.json
 
 log() { echo "e2e.sh: $*" >&2; }
 in_node() { docker exec "$node" "$@"; }
@@ -36,7 +36,7 @@ docker build -t "$image" --build-arg "VERSION=$(git -C "$root" describe --tags -
 
 rm -rf "$work"
 mkdir -p "$work/encryption" "$work/manifests" "$work/etcd"
-cp "$root/deploy/encryption-config/identity-to-kms.yaml" "$work/encryption/encryption-config.yaml"
+cp "$root/deploy/encryption-config/identity-to-kms.yaml" "$work/encryption/config.yaml"
 sed "s|^\([[:space:]]*image:\).*|\1 $image|" "$root/deploy/static-pod/kms-plugin.yaml" >"$work/manifests/kms-plugin.yaml"
 
 if [ "${KEEP_CLUSTER:-}" != 1 ]; then
@@ -58,9 +58,9 @@ docker rm "$cid" >/dev/null
 docker cp "$work/kmsctl" "$node:/usr/local/bin/kmsctl"
 
 log "preparing the socket and keyring directories, creating the keyring"
-in_node sh -c "mkdir -p /var/run/kms-plugin /etc/kms-plugin &&
-  chown $uid:$uid /var/run/kms-plugin /etc/kms-plugin &&
-  chmod 0750 /var/run/kms-plugin && chmod 0700 /etc/kms-plugin"
+in_node sh -c "mkdir -p /var/run/kms-plugin /etc/kubernetes/kms-plugin &&
+  chown $uid:$uid /var/run/kms-plugin /etc/kubernetes/kms-plugin &&
+  chmod 0750 /var/run/kms-plugin && chmod 0700 /etc/kubernetes/kms-plugin"
 as_plugin kmsctl keyring init --keyring "$keyring"
 
 log "starting kms-plugin as a static pod"
@@ -77,8 +77,8 @@ reloads() {
   kubectl get --raw /metrics | awk '/^apiserver_encryption_config_controller_automatic_reloads_total\{.*status="success"/ {s += $2} END {print s + 0}'
 }
 before=$(reloads)
-cp "$root/deploy/encryption-config/local.yaml" "$work/encryption/encryption-config.yaml.new"
-mv "$work/encryption/encryption-config.yaml.new" "$work/encryption/encryption-config.yaml"
+cp "$root/deploy/encryption-config/local.yaml" "$work/encryption/config.yaml.new"
+mv "$work/encryption/config.yaml.new" "$work/encryption/config.yaml"
 for i in $(seq 1 60); do
   [ "$(reloads)" -gt "$before" ] && break
   [ "$i" = 60 ] && { log "kube-apiserver did not reload the EncryptionConfiguration"; exit 1; }

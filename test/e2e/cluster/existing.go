@@ -29,7 +29,7 @@ const (
 	envProviderName    = "KMS_E2E_PROVIDER_NAME"       // default kms-plugin
 	envResources       = "KMS_E2E_ENCRYPTED_RESOURCES" // default secrets
 	envKmsctl          = "KMS_E2E_KMSCTL"              // argv prefix, default kmsctl
-	envEndpoint        = "KMS_E2E_PLUGIN_ENDPOINT"     // default unix:///var/run/kms-plugin/socket.sock
+	envEndpoint        = "KMS_E2E_PLUGIN_ENDPOINT"     // default unix:///var/run/kms-plugin/kms.sock
 	envKeyring         = "KMS_E2E_KEYRING"             // keyring path as kmsctl sees it
 	envKillPlugin      = "KMS_E2E_KILL_PLUGIN"         // sh -c command that SIGKILLs the plugin
 	envRestartAPIServe = "KMS_E2E_RESTART_APISERVER"   // sh -c command that restarts kube-apiserver
@@ -61,7 +61,7 @@ func startExisting(t testing.TB) *Cluster {
 		ProviderName:       getenv(envProviderName, "kms-plugin"),
 		EncryptedResources: strings.Split(getenv(envResources, "secrets"), ","),
 		kmsctl:             strings.Fields(getenv(envKmsctl, "kmsctl")),
-		endpoint:           getenv(envEndpoint, "unix:///var/run/kms-plugin/socket.sock"),
+		endpoint:           getenv(envEndpoint, "unix:///var/run/kms-plugin/kms.sock"),
 		keyring:            os.Getenv(envKeyring),
 		existing: &existing{
 			killCmd:    os.Getenv(envKillPlugin),
