@@ -455,3 +455,34 @@ func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+func TestKmsctlBenchAgainstPlugin(t *testing.T) {
+	dir, keyring := newKeyring(t)
+	p := startPlugin(t, "unix://"+filepath.Join(dir, "kms.sock"), "--keyring", keyring, "--log-level", "info")
+	out := kmsctl(t, "bench", "--endpoint", p.endpoint, "--op", "roundtrip", "--baseline",
+		"--duration", "300ms", "--warmup", "50ms", "--rounds", "2", "--concurrency", "4", "-o", "json")
+	var rep struct {
+		Rounds   []struct{ Ops, Errors int64 } `json:"rounds"`
+		Baseline []struct{ Ops, Errors int64 } `json:"baseline"`
+		Ratios   map[string]struct {
+			Median, Min, Max float64
+		} `json:"ratios"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("kmsctl bench -o json: %v\n%s", err, out)
+	}
+	if len(rep.Rounds) != 2 || len(rep.Baseline) != 2 {
+		t.Fatalf("bench ran %d plugin and %d floor rounds, want 2 and 2", len(rep.Rounds), len(rep.Baseline))
+	}
+	for i := range rep.Rounds {
+		if rep.Rounds[i].Ops == 0 || rep.Rounds[i].Errors != 0 || rep.Baseline[i].Ops == 0 || rep.Baseline[i].Errors != 0 {
+			t.Errorf("round %d: plugin %+v, floor %+v; want calls and no errors", i+1, rep.Rounds[i], rep.Baseline[i])
+		}
+	}
+	for _, name := range []string{"ops_per_sec", "p50", "p99"} {
+		r, ok := rep.Ratios[name]
+		if !ok || r.Median <= 0 || r.Min > r.Median || r.Median > r.Max {
+			t.Errorf("ratio %s = %+v, want a positive median within [min, max]", name, r)
+		}
+	}
+}

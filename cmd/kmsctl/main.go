@@ -34,7 +34,7 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newKeyringCmd(), newStatusCmd(), newVaultCmd())
+	root.AddCommand(newKeyringCmd(), newStatusCmd(), newVaultCmd(), newBenchCmd())
 	return root
 }
 

@@ -1,0 +1,201 @@
+// Package bench is a load generator for KMS v2 plugins: it drives any
+// plugin's socket with a chosen operation and concurrency, records every
+// call's latency, and compares the figures with a no-op KMS v2 server
+// measured in the same run, so that results read as ratios to the floor
+// that the socket and gRPC stack set, not as absolute times.
+package bench
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	kmsapi "k8s.io/kms/apis/v2"
+)
+
+// Op is the operation a run measures.
+type Op string
+
+// Operations.
+const (
+	OpEncrypt   Op = "encrypt"
+	OpDecrypt   Op = "decrypt"
+	OpStatus    Op = "status"
+	OpRoundTrip Op = "roundtrip" // Encrypt then Decrypt of the result
+)
+
+// ParseOp validates an operation name.
+func ParseOp(s string) (Op, error) {
+	switch op := Op(s); op {
+	case OpEncrypt, OpDecrypt, OpStatus, OpRoundTrip:
+		return op, nil
+	}
+	return "", fmt.Errorf("unknown operation %q: want encrypt, decrypt, status or roundtrip", s)
+}
+
+// Options configures one measurement.
+type Options struct {
+	Op            Op
+	Concurrency   int
+	Duration      time.Duration
+	Warmup        time.Duration
+	PlaintextSize int
+	// Timeout bounds each call, like kube-apiserver's per-call timeout.
+	Timeout time.Duration
+}
+
+// Validate checks the options.
+func (o Options) Validate() error {
+	switch {
+	case o.Concurrency < 1:
+		return errors.New("concurrency must be at least 1")
+	case o.Duration <= 0:
+		return errors.New("duration must be positive")
+	case o.Warmup < 0:
+		return errors.New("warm-up must not be negative")
+	case o.PlaintextSize < 1 || o.PlaintextSize > 1024:
+		return errors.New("plaintext size must be 1 to 1024 bytes")
+	case o.Timeout <= 0:
+		return errors.New("timeout must be positive")
+	}
+	_, err := ParseOp(string(o.Op))
+	return err
+}
+
+// Result is what one measurement found.
+type Result struct {
+	Ops        int64         `json:"ops"`
+	Errors     int64         `json:"errors"`
+	FirstError string        `json:"first_error,omitempty"`
+	Elapsed    time.Duration `json:"elapsed_ns"`
+	OpsPerSec  float64       `json:"ops_per_sec"`
+	P50        time.Duration `json:"p50_ns"`
+	P90        time.Duration `json:"p90_ns"`
+	P99        time.Duration `json:"p99_ns"`
+	Max        time.Duration `json:"max_ns"`
+}
+
+// Run warms up, then measures client for o.Duration with o.Concurrency
+// workers, each issuing calls back to back.
+func Run(ctx context.Context, client kmsapi.KeyManagementServiceClient, o Options) (Result, error) {
+	if err := o.Validate(); err != nil {
+		return Result{}, err
+	}
+	call, err := newCall(ctx, client, o)
+	if err != nil {
+		return Result{}, err
+	}
+	if o.Warmup > 0 {
+		drive(ctx, call, o.Concurrency, o.Warmup, o.Timeout)
+	}
+	return drive(ctx, call, o.Concurrency, o.Duration, o.Timeout), nil
+}
+
+// newCall prepares the request that every call of o.Op sends.
+func newCall(ctx context.Context, client kmsapi.KeyManagementServiceClient, o Options) (func(context.Context) error, error) {
+	pt := bytes.Repeat([]byte{0x5a}, o.PlaintextSize)
+	switch o.Op {
+	case OpStatus:
+		req := &kmsapi.StatusRequest{}
+		return func(ctx context.Context) error { _, err := client.Status(ctx, req); return err }, nil
+	case OpEncrypt:
+		req := &kmsapi.EncryptRequest{Plaintext: pt, Uid: "kmsctl-bench"}
+		return func(ctx context.Context) error { _, err := client.Encrypt(ctx, req); return err }, nil
+	case OpDecrypt:
+		cctx, cancel := context.WithTimeout(ctx, o.Timeout)
+		defer cancel()
+		enc, err := client.Encrypt(cctx, &kmsapi.EncryptRequest{Plaintext: pt, Uid: "kmsctl-bench"})
+		if err != nil {
+			return nil, fmt.Errorf("prepare a ciphertext to decrypt: %w", err)
+		}
+		req := &kmsapi.DecryptRequest{Ciphertext: enc.Ciphertext, KeyId: enc.KeyId, Annotations: enc.Annotations, Uid: "kmsctl-bench"}
+		return func(ctx context.Context) error {
+			resp, err := client.Decrypt(ctx, req)
+			if err == nil && !bytes.Equal(resp.Plaintext, pt) {
+				return errors.New("decrypt returned the wrong plaintext")
+			}
+			return err
+		}, nil
+	default: // OpRoundTrip
+		req := &kmsapi.EncryptRequest{Plaintext: pt, Uid: "kmsctl-bench"}
+		return func(ctx context.Context) error {
+			enc, err := client.Encrypt(ctx, req)
+			if err != nil {
+				return err
+			}
+			resp, err := client.Decrypt(ctx, &kmsapi.DecryptRequest{Ciphertext: enc.Ciphertext, KeyId: enc.KeyId, Annotations: enc.Annotations, Uid: "kmsctl-bench"})
+			if err == nil && !bytes.Equal(resp.Plaintext, pt) {
+				return errors.New("decrypt returned the wrong plaintext")
+			}
+			return err
+		}, nil
+	}
+}
+
+// drive runs call from workers goroutines for d and summarises the calls.
+func drive(ctx context.Context, call func(context.Context) error, workers int, d, timeout time.Duration) Result {
+	type workerResult struct {
+		lat      []time.Duration
+		errs     int64
+		firstErr error
+	}
+	results := make([]workerResult, workers)
+	start := time.Now()
+	deadline := start.Add(d)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := &results[w]
+			r.lat = make([]time.Duration, 0, 4096)
+			for ctx.Err() == nil {
+				t0 := time.Now()
+				if !t0.Before(deadline) {
+					return
+				}
+				cctx, cancel := context.WithTimeout(ctx, timeout)
+				err := call(cctx)
+				cancel()
+				r.lat = append(r.lat, time.Since(t0))
+				if err != nil {
+					r.errs++
+					if r.firstErr == nil {
+						r.firstErr = err
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+
+	var all []time.Duration
+	res := Result{Elapsed: elapsed}
+	for _, r := range results {
+		all = append(all, r.lat...)
+		res.Errors += r.errs
+		if r.firstErr != nil && res.FirstError == "" {
+			res.FirstError = r.firstErr.Error()
+		}
+	}
+	res.Ops = int64(len(all))
+	if res.Ops == 0 {
+		return res
+	}
+	slices.Sort(all)
+	res.OpsPerSec = float64(res.Ops-res.Errors) / elapsed.Seconds()
+	res.P50, res.P90, res.P99 = quantile(all, 0.50), quantile(all, 0.90), quantile(all, 0.99)
+	res.Max = all[len(all)-1]
+	return res
+}
+
+// quantile returns the q-quantile of sorted (nearest rank).
+func quantile(sorted []time.Duration, q float64) time.Duration {
+	i := int(q*float64(len(sorted))+0.5) - 1
+	return sorted[max(0, min(i, len(sorted)-1))]
+}

@@ -1,0 +1,236 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	kmsapi "k8s.io/kms/apis/v2"
+
+	"github.com/kms-plugin/kms-plugin/bench"
+	"github.com/kms-plugin/kms-plugin/kms"
+)
+
+func newBenchCmd() *cobra.Command {
+	var (
+		endpoint string
+		op       string
+		o        bench.Options
+		baseline bool
+		rounds   int
+		out      output
+	)
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Load-test any KMS v2 plugin, optionally against a no-op floor measured in the same run",
+		Long: `Drive a KMS v2 plugin with one operation at a fixed concurrency and report
+ops/s and p50/p90/p99/max latency, with errors and the first error's text.
+
+With --baseline, kmsctl also starts a no-op KMS v2 server as a separate
+process on a temporary socket, measures it in alternating rounds with the
+plugin, and prints every figure as a ratio to that floor (the median of the
+rounds, with min and max). Ratios, not absolute times, are what compare
+across machines.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var err error
+			if o.Op, err = bench.ParseOp(op); err != nil {
+				return err
+			}
+			if err := o.Validate(); err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			target, closeTarget, err := dialBench(endpoint)
+			if err != nil {
+				return err
+			}
+			defer closeTarget()
+			measure := func(c kmsapi.KeyManagementServiceClient) func() (bench.Result, error) {
+				return func() (bench.Result, error) { return bench.Run(ctx, c, o) }
+			}
+			if !baseline {
+				var results []bench.Result
+				for range rounds {
+					r, err := measure(target)()
+					if err != nil {
+						return err
+					}
+					results = append(results, r)
+				}
+				return printBench(cmd.OutOrStdout(), out, o, results, nil)
+			}
+			floor, stop, err := startNoopServer(ctx, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			defer stop()
+			c, err := bench.Compare(rounds, measure(target), measure(floor))
+			if err != nil {
+				return err
+			}
+			return printBench(cmd.OutOrStdout(), out, o, c.Target, &c)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&endpoint, "endpoint", "unix:///var/run/kms-plugin/kms.sock", "plugin endpoint: unix:///path or unix:///@name")
+	f.StringVar(&op, "op", "roundtrip", "operation: encrypt, decrypt, status or roundtrip")
+	f.IntVar(&o.Concurrency, "concurrency", 16, "concurrent callers")
+	f.DurationVar(&o.Duration, "duration", 5*time.Second, "measured time per round")
+	f.DurationVar(&o.Warmup, "warmup", time.Second, "unmeasured warm-up before each round")
+	f.IntVar(&o.PlaintextSize, "plaintext-size", 32, "plaintext bytes per Encrypt (kube-apiserver sends 32)")
+	f.DurationVar(&o.Timeout, "timeout", 3*time.Second, "per-call timeout (kube-apiserver's default)")
+	f.BoolVar(&baseline, "baseline", false, "measure a no-op KMS v2 server in the same run and print ratios to it")
+	f.IntVar(&rounds, "rounds", 3, "rounds to run (alternating with the baseline)")
+	addOutputFlag(cmd, &out)
+	cmd.AddCommand(newNoopServerCmd())
+	return cmd
+}
+
+func dialBench(endpoint string) (kmsapi.KeyManagementServiceClient, func(), error) {
+	client, conn, err := kms.Dial(endpoint)
+	if err != nil {
+		return nil, nil, err
+	}
+	return client, func() { _ = conn.Close() }, nil
+}
+
+// startNoopServer runs `kmsctl bench noop-server` as a child process on a
+// socket in a new temporary directory and waits until it answers Status.
+func startNoopServer(ctx context.Context, stderr io.Writer) (kmsapi.KeyManagementServiceClient, func(), error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, nil, fmt.Errorf("find kmsctl's own binary: %w", err)
+	}
+	dir, err := os.MkdirTemp("", "kmsctl-bench-")
+	if err != nil {
+		return nil, nil, err
+	}
+	endpoint := "unix://" + filepath.Join(dir, "noop.sock")
+	child := exec.Command(self, "bench", "noop-server", "--listen", endpoint)
+	child.Stderr = stderr
+	if err := child.Start(); err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, nil, fmt.Errorf("start the no-op server: %w", err)
+	}
+	stop := func() {
+		_ = child.Process.Kill()
+		_ = child.Wait()
+		_ = os.RemoveAll(dir)
+	}
+	client, closeConn, err := dialBench(endpoint)
+	if err != nil {
+		stop()
+		return nil, nil, err
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		_, err := client.Status(cctx, &kmsapi.StatusRequest{})
+		cancel()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			closeConn()
+			stop()
+			return nil, nil, fmt.Errorf("no-op server did not start: %w", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return client, func() { closeConn(); stop() }, nil
+}
+
+func newNoopServerCmd() *cobra.Command {
+	var listen string
+	cmd := &cobra.Command{
+		Use:    "noop-server",
+		Short:  "Serve a no-op KMS v2 server (the floor for --baseline); never for real data",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ep, err := kms.ParseEndpoint(listen)
+			if err != nil {
+				return err
+			}
+			l, err := kms.Listen(ep, kms.SocketOptions{})
+			if err != nil {
+				return err
+			}
+			srv := grpc.NewServer()
+			kmsapi.RegisterKeyManagementServiceServer(srv, bench.NoopServer{})
+			go func() { <-cmd.Context().Done(); srv.Stop() }()
+			if err := srv.Serve(l); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+				return err
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&listen, "listen", "", "socket to serve on")
+	_ = cmd.MarkFlagRequired("listen")
+	return cmd
+}
+
+// benchReport is what -o json prints.
+type benchReport struct {
+	Op          bench.Op               `json:"op"`
+	Concurrency int                    `json:"concurrency"`
+	Rounds      []bench.Result         `json:"rounds"`
+	Baseline    []bench.Result         `json:"baseline,omitempty"`
+	Ratios      map[string]bench.Ratio `json:"ratios,omitempty"`
+}
+
+func printBench(w io.Writer, out output, o bench.Options, results []bench.Result, c *bench.Comparison) error {
+	if out == "json" {
+		rep := benchReport{Op: o.Op, Concurrency: o.Concurrency, Rounds: results}
+		if c != nil {
+			rep.Baseline, rep.Ratios = c.Baseline, c.Ratios
+		}
+		return printJSON(w, rep)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "op %s, concurrency %d\n", o.Op, o.Concurrency)
+	fmt.Fprintln(tw, "ROUND\tWHO\tOPS/S\tP50\tP90\tP99\tMAX\tERRORS")
+	row := func(i int, who string, r bench.Result) {
+		fmt.Fprintf(tw, "%d\t%s\t%.0f\t%v\t%v\t%v\t%v\t%d\n", i+1, who, r.OpsPerSec, r.P50, r.P90, r.P99, r.Max, r.Errors)
+	}
+	var firstErr string
+	for i, r := range results {
+		row(i, "plugin", r)
+		if c != nil {
+			row(i, "floor", c.Baseline[i])
+		}
+		if firstErr == "" {
+			firstErr = r.FirstError
+		}
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if firstErr != "" {
+		fmt.Fprintf(w, "first error: %s\n", firstErr)
+	}
+	if c == nil {
+		return nil
+	}
+	fmt.Fprintln(w, "\nplugin / floor (median [min, max] of the rounds):")
+	names := make([]string, 0, len(c.Ratios))
+	for n := range c.Ratios {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		r := c.Ratios[n]
+		fmt.Fprintf(w, "  %-12s %.2fx [%.2f, %.2f]\n", n, r.Median, r.Min, r.Max)
+	}
+	return nil
+}
