@@ -57,8 +57,7 @@ func Serve(ctx context.Context, cfg Config, provider providers.Provider, log *sl
 		shutdownHTTP(httpSrv)
 		return err
 	}
-	srv := grpc.NewServer(grpc.UnaryInterceptor(unaryInterceptor(log, metrics)))
-	kmsapi.RegisterKeyManagementServiceServer(srv, NewServer(provider, health, log, metrics))
+	srv := NewGRPCServer(NewServer(provider, health, log, metrics))
 
 	hctx, stopHealth := context.WithCancel(ctx)
 	defer stopHealth()
@@ -82,6 +81,14 @@ func Serve(ctx context.Context, cfg Config, provider providers.Provider, log *sl
 	_ = l.Close()
 	shutdownHTTP(httpSrv)
 	return err
+}
+
+// NewGRPCServer returns a gRPC server that serves s with the service's
+// interceptor (metrics, call logs, code mapping, panic recovery).
+func NewGRPCServer(s *Server) *grpc.Server {
+	srv := grpc.NewServer(grpc.UnaryInterceptor(unaryInterceptor(s.log, s.metrics)))
+	kmsapi.RegisterKeyManagementServiceServer(srv, s)
+	return srv
 }
 
 // gracefulStop stops accepting and waits for in-flight calls, then cuts
