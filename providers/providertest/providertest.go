@@ -201,12 +201,12 @@ func Run(t *testing.T, newProvider func(t *testing.T) providers.Provider) {
 					pt := fmt.Appendf(nil, "worker %d message %d padding....", w, i)
 					ct, err := p.Encrypt(ctx(t), k, pt, aad)
 					if err != nil {
-						errs <- fmt.Errorf("Encrypt: %w", err)
+						errs <- fmt.Errorf("encrypt: %w", err)
 						return
 					}
 					got, err := p.Decrypt(ctx(t), k, ct, aad)
 					if err != nil || !bytes.Equal(got, pt) {
-						errs <- fmt.Errorf("Decrypt = %q, %v; want %q", got, err, pt)
+						errs <- fmt.Errorf("decrypt = %q, %v; want %q", got, err, pt)
 						return
 					}
 				}
