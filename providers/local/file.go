@@ -142,11 +142,20 @@ func withLock(path string, fn func() error) error {
 
 // writeAtomic writes k next to path in a temporary file (0600), syncs it,
 // renames it over path and syncs the directory. A crash, a full disk or any
-// error leaves either the old file or the new one, never a mix.
+// error leaves either the old file or the new one, never a mix. The new
+// file keeps the old one's owner, so that root running kmsctl does not
+// leave a keyring the plugin's user may no longer load.
 func writeAtomic(path string, k *Keyring) (err error) {
 	b, err := k.Marshal()
 	if err != nil {
 		return err
+	}
+	owner := -1
+	group := -1
+	if fi, serr := os.Lstat(path); serr == nil {
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			owner, group = int(st.Uid), int(st.Gid)
+		}
 	}
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
@@ -161,6 +170,11 @@ func writeAtomic(path string, k *Keyring) (err error) {
 	}()
 	if err = tmp.Chmod(0o600); err != nil {
 		return fmt.Errorf("chmod temporary keyring: %w", err)
+	}
+	if owner >= 0 && (owner != os.Geteuid() || group != os.Getegid()) {
+		if err = tmp.Chown(owner, group); err != nil {
+			return fmt.Errorf("keep the keyring's owner %d:%d (run kmsctl as that user or as root): %w", owner, group, err)
+		}
 	}
 	if _, err = tmp.Write(b); err != nil {
 		return fmt.Errorf("write temporary keyring: %w", err)

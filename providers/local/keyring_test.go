@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -323,5 +324,26 @@ func TestDecryptErrors(t *testing.T) {
 		if _, err := p.Decrypt(ctx, c.key, ct, nil); !errors.Is(err, c.want) {
 			t.Errorf("%s: Decrypt() = %v, want %v", name, err, c.want)
 		}
+	}
+}
+
+func TestUpdateKeepsOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("changing a file's owner needs root (CI runs as root)")
+	}
+	path := newKeyringFile(t)
+	if err := os.Chown(path, 65532, 65532); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Update(path, func(k *Keyring) error { _, err := k.Rotate(time.Now()); return err }); err != nil {
+		t.Fatalf("Update as root = %v", err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	if st.Uid != 65532 || st.Gid != 65532 || fi.Mode().Perm() != 0o600 {
+		t.Errorf("after Update by root: owner %d:%d mode %#o, want 65532:65532 0600", st.Uid, st.Gid, fi.Mode().Perm())
 	}
 }
