@@ -112,7 +112,7 @@ func newKeyringListCmd(path *string) *cobra.Command {
 		Short: "List versions, states, creation times and key_ids (never key bytes)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			k, err := local.Load(*path)
+			k, err := local.Read(*path)
 			if err != nil {
 				return err
 			}

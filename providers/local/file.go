@@ -33,11 +33,19 @@ func stampOf(fi fs.FileInfo) fileStamp {
 // regular file owned by the current user and not accessible to group or
 // others: it holds the keys to every Secret.
 func Load(path string) (*Keyring, error) {
-	k, _, err := load(path)
+	k, _, err := load(path, false)
 	return k, err
 }
 
-func load(path string) (*Keyring, fileStamp, error) {
+// Read loads the keyring at path for an operator's tool. It checks the mode
+// as Load does, but lets root read and change a keyring owned by the
+// plugin's user.
+func Read(path string) (*Keyring, error) {
+	k, _, err := load(path, os.Geteuid() == 0)
+	return k, err
+}
+
+func load(path string, anyOwner bool) (*Keyring, fileStamp, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fileStamp{}, fmt.Errorf("open keyring: %w", err)
@@ -47,7 +55,7 @@ func load(path string) (*Keyring, fileStamp, error) {
 	if err != nil {
 		return nil, fileStamp{}, fmt.Errorf("stat keyring: %w", err)
 	}
-	if err := checkFile(path, fi); err != nil {
+	if err := checkFile(path, fi, anyOwner); err != nil {
 		return nil, fileStamp{}, err
 	}
 	b, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
@@ -65,15 +73,15 @@ func load(path string) (*Keyring, fileStamp, error) {
 }
 
 // checkFile refuses a keyring that is not a regular file, is readable or
-// writable by group or others, or is owned by another user.
-func checkFile(path string, fi fs.FileInfo) error {
+// writable by group or others, or (unless anyOwner) is owned by another user.
+func checkFile(path string, fi fs.FileInfo, anyOwner bool) error {
 	if !fi.Mode().IsRegular() {
 		return fmt.Errorf("keyring %s is not a regular file", path)
 	}
 	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
 		return fmt.Errorf("keyring %s has mode %#o: it must not be accessible to group or others (chmod 600 %s)", path, perm, path)
 	}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && !anyOwner {
 		if uid := os.Geteuid(); int(st.Uid) != uid {
 			return fmt.Errorf("keyring %s is owned by uid %d, but kms-plugin runs as uid %d: chown it to the plugin's user", path, st.Uid, uid)
 		}
@@ -99,7 +107,7 @@ func Create(path string, k *Keyring) error {
 func Update(path string, change func(*Keyring) error) (*Keyring, error) {
 	var out *Keyring
 	err := withLock(path, func() error {
-		k, err := Load(path)
+		k, err := Read(path)
 		if err != nil {
 			return err
 		}

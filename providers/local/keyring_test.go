@@ -346,4 +346,10 @@ func TestUpdateKeepsOwner(t *testing.T) {
 	if st.Uid != 65532 || st.Gid != 65532 || fi.Mode().Perm() != 0o600 {
 		t.Errorf("after Update by root: owner %d:%d mode %#o, want 65532:65532 0600", st.Uid, st.Gid, fi.Mode().Perm())
 	}
+	if _, err := Read(path); err != nil {
+		t.Errorf("Read as root of a keyring owned by the plugin's user = %v", err)
+	}
+	if _, err := Load(path); err == nil {
+		t.Errorf("Load (the plugin's check) accepted a keyring owned by another user")
+	}
 }

@@ -78,7 +78,7 @@ func Open(path string, reloadEvery time.Duration, log *slog.Logger, reg promethe
 			return nil, fmt.Errorf("register keyring metrics: %w", err)
 		}
 	}
-	k, stamp, err := load(path)
+	k, stamp, err := load(path, false)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", providers.ErrNotConfigured, err)
 	}
@@ -272,7 +272,7 @@ func (p *Provider) Reload() error {
 }
 
 func (p *Provider) reloadLocked() error {
-	k, stamp, err := load(p.path)
+	k, stamp, err := load(p.path, false)
 	if err != nil {
 		return err
 	}
