@@ -35,6 +35,7 @@ func newRootCmd() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(newKeyringCmd(), newStatusCmd(), newVaultCmd(), newBenchCmd())
+	root.AddCommand(newVerifyCmd())
 	return root
 }
 

@@ -1,0 +1,235 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/kms-plugin/kms-plugin/rotation/audit"
+	"github.com/kms-plugin/kms-plugin/rotation/encryptionconfig"
+	"github.com/kms-plugin/kms-plugin/rotation/progress"
+)
+
+// etcdFlags are etcdctl's connection flags; ETCDCTL_* variables are the
+// defaults, as for etcdctl.
+type etcdFlags struct {
+	endpoints   []string
+	cacert      string
+	cert        string
+	key         string
+	dialTimeout time.Duration
+	prefix      string
+}
+
+func (f *etcdFlags) register(cmd *cobra.Command) {
+	endpoints := []string{"127.0.0.1:2379"}
+	if v := os.Getenv("ETCDCTL_ENDPOINTS"); v != "" {
+		endpoints = strings.Split(v, ",")
+	}
+	fs := cmd.Flags()
+	fs.StringSliceVar(&f.endpoints, "endpoints", endpoints, "etcd endpoints (env ETCDCTL_ENDPOINTS)")
+	fs.StringVar(&f.cacert, "cacert", os.Getenv("ETCDCTL_CACERT"), "CA bundle that verifies etcd's certificate (env ETCDCTL_CACERT)")
+	fs.StringVar(&f.cert, "cert", os.Getenv("ETCDCTL_CERT"), "client certificate for etcd (env ETCDCTL_CERT)")
+	fs.StringVar(&f.key, "key", os.Getenv("ETCDCTL_KEY"), "client key for etcd (env ETCDCTL_KEY)")
+	fs.DurationVar(&f.dialTimeout, "dial-timeout", 5*time.Second, "timeout to connect to etcd")
+	fs.StringVar(&f.prefix, "etcd-prefix", "/registry", "kube-apiserver's --etcd-prefix")
+}
+
+func (f *etcdFlags) client() (*clientv3.Client, error) {
+	cfg := clientv3.Config{Endpoints: f.endpoints, DialTimeout: f.dialTimeout, Logger: zap.NewNop()}
+	if f.cacert != "" || f.cert != "" || f.key != "" {
+		tlsInfo := transport.TLSInfo{CertFile: f.cert, KeyFile: f.key, TrustedCAFile: f.cacert}
+		tc, err := tlsInfo.ClientConfig()
+		if err != nil {
+			return nil, fmt.Errorf("etcd TLS: %w", err)
+		}
+		cfg.TLS = tc
+		for i, e := range cfg.Endpoints {
+			if !strings.Contains(e, "://") {
+				cfg.Endpoints[i] = "https://" + e
+			}
+		}
+	}
+	c, err := clientv3.New(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect to etcd: %w", err)
+	}
+	return c, nil
+}
+
+// resourceFlags choose the resources to work on: --resources, or the
+// encrypted ones of --encryption-config, or secrets.
+type resourceFlags struct {
+	resources        []string
+	encryptionConfig string
+}
+
+func (f *resourceFlags) register(cmd *cobra.Command) {
+	cmd.Flags().StringSliceVar(&f.resources, "resources", nil, "resources as in an EncryptionConfiguration: secrets, configmaps, deployments.apps (default secrets)")
+	cmd.Flags().StringVar(&f.encryptionConfig, "encryption-config", "", "take the resources from this EncryptionConfiguration (those not written with identity)")
+}
+
+func (f *resourceFlags) list() ([]string, error) {
+	switch {
+	case len(f.resources) > 0 && f.encryptionConfig != "":
+		return nil, fmt.Errorf("give --resources or --encryption-config, not both")
+	case len(f.resources) > 0:
+		return f.resources, nil
+	case f.encryptionConfig != "":
+		cfg, err := encryptionconfig.Load(f.encryptionConfig)
+		if err != nil {
+			return nil, err
+		}
+		res, err := encryptionconfig.EncryptedResources(cfg)
+		if err != nil {
+			return nil, err
+		}
+		if len(res) == 0 {
+			return nil, fmt.Errorf("%s encrypts no resource", f.encryptionConfig)
+		}
+		return res, nil
+	}
+	return []string{"secrets"}, nil
+}
+
+func newVerifyCmd() *cobra.Command {
+	var (
+		ef           etcdFlags
+		rf           resourceFlags
+		expect       audit.Expect
+		out          output
+		pageSize     int64
+		maxOffenders int
+		quiet        bool
+	)
+	cmd := &cobra.Command{
+		Use:   "verify",
+		Short: "Audit how every stored object is encrypted in etcd (read-only)",
+		Long: `Read every value of the given resources from etcd and say how it is
+protected: identity (plaintext), aescbc, aesgcm or secretbox with the key
+name, KMS v1 with the provider name, KMS v2 with the provider name and the
+key_id stored in its EncryptedObject.
+
+Prints counts by resource, provider and key_id; -o json prints every object
+too. With --expect-provider or --expect-key-id, exits non-zero and names the
+objects that fail. Only reads, in pages of --page-size values.
+
+Built-in resources live under <etcd-prefix>/<resource>/ (services under
+services/specs, nodes under minions, ...), other groups under
+<etcd-prefix>/<group>/<resource>/; a resource starting with "/" is taken as
+an etcd key prefix as it is.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			resources, err := rf.list()
+			if err != nil {
+				return err
+			}
+			client, err := ef.client()
+			if err != nil {
+				return err
+			}
+			defer client.Close()
+			stderr := cmd.ErrOrStderr()
+			if quiet {
+				stderr = io.Discard
+			}
+			return runVerify(cmd.Context(), client, cmd.OutOrStdout(), stderr, audit.Options{
+				EtcdPrefix: ef.prefix, Resources: resources, PageSize: pageSize,
+				Expect: expect, MaxOffenders: maxOffenders,
+			}, out)
+		},
+	}
+	ef.register(cmd)
+	rf.register(cmd)
+	cmd.Flags().StringSliceVar(&expect.Providers, "expect-provider", nil, "every object must be written by this kms provider name (or be of this type: identity, aescbc, ...)")
+	cmd.Flags().StringSliceVar(&expect.KeyIDs, "expect-key-id", nil, "every object must be KMS v2 under this key_id (repeat to accept several)")
+	cmd.Flags().Int64Var(&pageSize, "page-size", 500, "values per etcd range read")
+	cmd.Flags().IntVar(&maxOffenders, "max-offenders", 100, "offenders named in table output (-o json lists all)")
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress on stderr")
+	addOutputFlag(cmd, &out)
+	return cmd
+}
+
+// runVerify scans and prints. With -o json it streams
+// {"objects":[...],"summary":[...],"total":N,"offender_count":N} so that
+// memory stays bounded.
+func runVerify(ctx context.Context, kv audit.KV, stdout, stderr io.Writer, opts audit.Options, out output) error {
+	meter := progress.New(stderr, "verify")
+	var last int64
+	opts.Progress = func(_ string, scanned int64) {
+		if scanned < last {
+			last = 0
+		}
+		meter.Add(scanned - last)
+		last = scanned
+	}
+	first := true
+	if out == "json" {
+		fmt.Fprint(stdout, `{"objects":[`)
+		opts.Each = func(o audit.Object) error {
+			b, err := json.Marshal(o)
+			if err != nil {
+				return err
+			}
+			if !first {
+				fmt.Fprint(stdout, ",")
+			}
+			first = false
+			_, err = fmt.Fprintf(stdout, "\n%s", b)
+			return err
+		}
+		opts.MaxOffenders = -1 // every offender is in "objects" already
+	}
+	rep, err := audit.Scan(ctx, kv, opts)
+	meter.Done()
+	if err != nil {
+		return err
+	}
+	if out == "json" {
+		rep.Offenders = nil
+		tail, err := json.MarshalIndent(rep, "", "  ")
+		if err != nil {
+			return err
+		}
+		// Splice the report's fields after "objects".
+		fmt.Fprintf(stdout, "\n],%s\n", strings.TrimPrefix(string(tail), "{"))
+	} else {
+		printVerifyTable(stdout, rep, opts.Expect)
+	}
+	return rep.Err()
+}
+
+func printVerifyTable(w io.Writer, rep audit.Report, expect audit.Expect) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "RESOURCE\tTYPE\tPROVIDER\tKEY/KEY_ID\tOBJECTS")
+	for _, c := range rep.Counts {
+		key := c.Key + c.KeyID
+		if c.Problem {
+			key += " (damaged)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", c.Resource, c.Type, dash(c.Provider), dash(key), c.Objects)
+	}
+	_ = tw.Flush()
+	fmt.Fprintf(w, "%d objects", rep.Total)
+	if expect.Set() {
+		fmt.Fprintf(w, ", %d not as expected", rep.OffenderCount)
+	}
+	fmt.Fprintln(w)
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
