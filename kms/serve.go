@@ -32,6 +32,9 @@ type Config struct {
 // removes the socket. The service's metrics join reg, which /metrics
 // serves. ready, if not nil, is called once the socket accepts.
 func Serve(ctx context.Context, cfg Config, provider providers.Provider, log *slog.Logger, reg *prometheus.Registry, ready func()) error {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	metrics := NewMetrics(reg, cfg.ProviderName)
 	health := NewHealth(provider, cfg.HealthInterval, cfg.HealthTimeout, log, metrics)
 	// One probe before serving, so that the first Status already knows.
