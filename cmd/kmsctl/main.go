@@ -34,7 +34,7 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newKeyringCmd(), newStatusCmd(), newVaultCmd(), newBenchCmd())
+	root.AddCommand(newKeyringCmd(), newStatusCmd(), newVaultCmd(), newBenchCmd(), newConformanceCmd())
 	root.AddCommand(newVerifyCmd())
 	return root
 }
