@@ -78,6 +78,9 @@ func compactCiphertext(s string, version int64) ([]byte, error) {
 	p := transitPrefix(version)
 	if !strings.HasPrefix(s, p) {
 		got, _, _ := strings.Cut(strings.TrimPrefix(s, "vault:"), ":")
+		if len(got) > 24 { // whatever answered is not transit: do not echo it all
+			got = got[:24] + "..."
+		}
 		return nil, fmt.Errorf("vault encrypted with version %q, want v%d", got, version)
 	}
 	raw, err := base64.StdEncoding.DecodeString(s[len(p):])
