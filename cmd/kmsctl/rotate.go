@@ -1,0 +1,183 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	kmsapi "k8s.io/kms/apis/v2"
+
+	"github.com/kms-plugin/kms-plugin/kms"
+	"github.com/kms-plugin/kms-plugin/providers/vault"
+	"github.com/kms-plugin/kms-plugin/rotation"
+	"github.com/kms-plugin/kms-plugin/rotation/audit"
+	"github.com/kms-plugin/kms-plugin/rotation/rewrite"
+)
+
+func newRotateCmd() *cobra.Command {
+	var (
+		backend    string
+		keyrings   []string
+		vaultCfg   = vault.DefaultConfig()
+		endpoints  []string
+		apiservers []string
+		canaryNS   string
+		kf         kubeFlags
+		ef         etcdFlags
+		rf         resourceFlags
+		rwOpts     rewrite.Options
+		proc       rotation.Procedure
+		stopAfter  string
+		dryRun     bool
+	)
+	cmd := &cobra.Command{
+		Use:   "rotate",
+		Short: "Rotate the key end to end: new key everywhere, wait, migrate, verify, retire",
+		Long: `Run a whole key rotation, one step at a time:
+
+  1. add-key          add a key version (local: to every --keyring, decrypt-only)
+  2. promote-key      make it the encrypting version everywhere (local: after
+                      --reload-grace, so that every plugin can decrypt it first)
+  3. wait-plugins     every --plugin-endpoint reports the new key_id
+  4. wait-apiservers  every kube-apiserver (--apiserver, default the kubeconfig's)
+                      stores a canary Secret under the new key_id, read from etcd
+  5. migrate          rewrite every object of the resources through the API
+  6. verify           etcd holds nothing under another key_id, nor in plaintext
+  7. retire           with --retire only, and only after verify passed: retire
+                      the other versions (local: keyring state; Vault:
+                      min_decryption_version)
+
+Each step is idempotent and recorded in --state-dir; after an interruption or
+a failure, run the same command again and it resumes at the first step not
+done. A failed verify never retires anything, and makes the next run migrate
+again. --dry-run prints the plan and changes nothing.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			var err error
+			if proc.StopAfter, err = rotation.ParseStep(stopAfter); err != nil {
+				return err
+			}
+			if proc.Resources, err = rf.list(); err != nil {
+				return err
+			}
+			proc.Out = cmd.OutOrStdout()
+			proc.Endpoints = endpoints
+			proc.PluginStatus = pluginStatus
+
+			switch backend {
+			case "local":
+				if len(keyrings) == 0 {
+					return errors.New("--backend local needs --keyring (repeat it for each control-plane node's copy)")
+				}
+				proc.Backend = &rotation.LocalBackend{Paths: keyrings}
+			case "vault":
+				p, err := openVault(cmd, vaultCfg)
+				if err != nil {
+					return err
+				}
+				defer p.Close()
+				proc.Backend = &rotation.VaultBackend{Key: p, Name: vaultCfg.Mount + "/" + vaultCfg.Key}
+			default:
+				return fmt.Errorf("--backend %q: want local or vault", backend)
+			}
+
+			etcd, err := ef.client()
+			if err != nil {
+				return err
+			}
+			defer etcd.Close()
+			cfg, err := kf.restConfig()
+			if err != nil {
+				return err
+			}
+			if len(apiservers) == 0 {
+				apiservers = []string{cfg.Host}
+			}
+			for i, url := range apiservers {
+				c := rest.CopyConfig(cfg)
+				c.Host = url
+				cs, err := kubernetes.NewForConfig(c)
+				if err != nil {
+					return fmt.Errorf("kubernetes client for %s: %w", url, err)
+				}
+				name := "kmsctl-rotation-canary"
+				if len(apiservers) > 1 {
+					name = fmt.Sprintf("%s-%d", name, i)
+				}
+				proc.Canaries = append(proc.Canaries, &rotation.Canary{
+					APIServer: url, Client: cs, Namespace: canaryNS, Name: name, Etcd: etcd, EtcdPrefix: ef.prefix,
+				})
+			}
+			if dryRun {
+				return proc.Plan(ctx)
+			}
+
+			dyn, mapper, err := apiClients(cfg)
+			if err != nil {
+				return err
+			}
+			proc.Migrate = func(ctx context.Context, dir string) ([]rewrite.Result, error) {
+				o := rwOpts
+				o.CheckpointDir, o.Log, o.Progress = dir, cmd.ErrOrStderr(), cmd.ErrOrStderr()
+				return rewrite.Run(ctx, dyn, mapper, proc.Resources, o)
+			}
+			proc.Verify = func(ctx context.Context, expect audit.Expect) (audit.Report, error) {
+				return audit.Scan(ctx, etcd, audit.Options{
+					EtcdPrefix: ef.prefix, Resources: proc.Resources, Expect: expect, MaxOffenders: 20,
+				})
+			}
+			err = proc.Run(ctx)
+			if errors.Is(err, rotation.ErrStopped) {
+				return nil
+			}
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&backend, "backend", "local", "where the key lives: local or vault")
+	f.StringSliceVar(&keyrings, "keyring", nil, "local: keyring file of each control-plane node, as this host sees it (repeat or comma-separate)")
+	gofs := flag.NewFlagSet("vault", flag.ContinueOnError)
+	vaultCfg.RegisterFlags(gofs)
+	f.AddGoFlagSet(gofs)
+	for _, name := range []string{"vault-refresh-interval", "vault-decrypt-cache-size", "vault-decrypt-cache-ttl"} {
+		_ = f.MarkHidden(name)
+	}
+	f.StringSliceVar(&endpoints, "plugin-endpoint", []string{"unix:///var/run/kms-plugin/kms.sock"}, "every kms-plugin that must report the new key_id (repeat for each node)")
+	f.StringSliceVar(&apiservers, "apiserver", nil, "every kube-apiserver URL to prove with a canary write (default: the kubeconfig's server); list each one behind a load balancer")
+	f.StringVar(&canaryNS, "canary-namespace", "default", "namespace of the canary Secret")
+	kf.register(cmd)
+	ef.register(cmd)
+	rf.register(cmd)
+	registerRewriteFlags(cmd, &rwOpts)
+	f.StringVar(&proc.StateDir, "state-dir", "kmsctl-rotate-state", "where the rotation keeps its state and migrate checkpoints")
+	f.BoolVar(&proc.Retire, "retire", false, "retire the old versions once verify passed")
+	f.BoolVar(&dryRun, "dry-run", false, "print the plan and change nothing")
+	f.StringVar(&stopAfter, "stop-after", "", "stop after this step (add-key, promote-key, wait-plugins, wait-apiservers, migrate, verify)")
+	f.DurationVar(&proc.ReloadGrace, "reload-grace", 3*time.Second, "local: wait between add and promote, longer than the plugins' --keyring-reload-interval")
+	f.DurationVar(&proc.PluginTimeout, "plugin-timeout", 2*time.Minute, "how long to wait for the plugins (Vault: longer than --vault-refresh-interval)")
+	f.DurationVar(&proc.APIServerTimeout, "apiserver-timeout", 5*time.Minute, "how long to wait for each kube-apiserver (it polls Status every 60 s)")
+	f.DurationVar(&proc.PollInterval, "poll-interval", 2*time.Second, "how often the waits poll")
+	return cmd
+}
+
+// pluginStatus calls Status on a KMS v2 plugin.
+func pluginStatus(ctx context.Context, endpoint string) (string, bool, error) {
+	client, conn, err := kms.Dial(endpoint)
+	if err != nil {
+		return "", false, err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	resp, err := client.Status(ctx, &kmsapi.StatusRequest{})
+	if err != nil {
+		return "", false, fmt.Errorf("status of %s: %w", endpoint, err)
+	}
+	return resp.GetKeyId(), resp.GetHealthz() == "ok" && resp.GetVersion() == "v2", nil
+}

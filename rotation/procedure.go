@@ -1,0 +1,382 @@
+package rotation
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/kms-plugin/kms-plugin/rotation/audit"
+	"github.com/kms-plugin/kms-plugin/rotation/rewrite"
+)
+
+// PluginStatus asks the KMS v2 plugin at endpoint for its Status.
+type PluginStatus func(ctx context.Context, endpoint string) (keyID string, healthy bool, err error)
+
+// Procedure is one rotation: its backend, who to wait for, how to
+// migrate and verify, and where to keep its state.
+type Procedure struct {
+	Backend Backend
+	// Endpoints are every plugin that must report the new key_id.
+	Endpoints    []string
+	PluginStatus PluginStatus
+	// Canaries, one per kube-apiserver, prove it encrypts with the new key.
+	Canaries []*Canary
+	// Resources are what Migrate and Verify cover; recorded in the state.
+	Resources []string
+	// Migrate re-encrypts Resources, checkpointing in checkpointDir.
+	Migrate func(ctx context.Context, checkpointDir string) ([]rewrite.Result, error)
+	// Verify scans Resources in etcd against expect.
+	Verify func(ctx context.Context, expect audit.Expect) (audit.Report, error)
+
+	// StateDir keeps state.json and the migrate checkpoints.
+	StateDir string
+	// Retire retires the old versions once verify passed.
+	Retire bool
+	// StopAfter stops after this step (for staged runs); empty runs all.
+	StopAfter Step
+	// ReloadGrace is how long promote waits after add, so that every
+	// plugin has reloaded the added version before any encrypts with it.
+	ReloadGrace time.Duration
+	// PluginTimeout and APIServerTimeout bound the two waits.
+	PluginTimeout, APIServerTimeout time.Duration
+	// PollInterval is how often the waits poll.
+	PollInterval time.Duration
+	// Out receives what each step does.
+	Out io.Writer
+}
+
+// ErrStopped is returned when StopAfter ended the run early.
+var ErrStopped = errors.New("stopped as asked")
+
+func (p *Procedure) printf(format string, args ...any) { fmt.Fprintf(p.Out, format, args...) }
+
+// open loads the state, or starts one from the backend's current key.
+func (p *Procedure) open(ctx context.Context) (*State, bool, error) {
+	s, ok, err := LoadState(p.StateDir)
+	if err != nil {
+		return nil, false, err
+	}
+	if ok {
+		if s.Backend != p.Backend.Describe() || !slices.Equal(s.Resources, p.Resources) {
+			return nil, false, fmt.Errorf("the rotation state in %s is for %s on %v, not %s on %v: finish it with the same flags, or move %s away to start another",
+				p.StateDir, s.Backend, s.Resources, p.Backend.Describe(), p.Resources, p.StateDir)
+		}
+		return s, true, nil
+	}
+	old, err := p.Backend.Current(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	now := time.Now().UTC()
+	return &State{Format: stateFormat, Backend: p.Backend.Describe(), Resources: p.Resources, Old: old,
+		Steps: map[Step]StepRecord{}, Started: now}, false, nil
+}
+
+// describe says what step will do, given the state.
+func (p *Procedure) describe(s *State, step Step) string {
+	newID := "the new key"
+	if s.New != nil {
+		newID = s.New.KeyID
+	}
+	switch step {
+	case StepAdd:
+		return fmt.Sprintf("add a key version after %s to %s, decrypt-only where the backend allows (phase 1)", s.Old.KeyID, p.Backend.Describe())
+	case StepPromote:
+		return fmt.Sprintf("after %s for every plugin to reload, make %s the encrypting version everywhere (phase 2)", p.ReloadGrace, newID)
+	case StepPlugins:
+		return fmt.Sprintf("wait up to %s until every plugin %v reports key_id %s", p.PluginTimeout, p.Endpoints, newID)
+	case StepAPIServers:
+		var names []string
+		for _, c := range p.Canaries {
+			names = append(names, c.APIServer)
+		}
+		ns := "?"
+		if len(p.Canaries) > 0 {
+			ns = p.Canaries[0].Namespace + "/" + p.Canaries[0].Name
+		}
+		return fmt.Sprintf("wait up to %s until every kube-apiserver %v stores a canary Secret (%s) under %s, read back from etcd", p.APIServerTimeout, names, ns, newID)
+	case StepMigrate:
+		return fmt.Sprintf("rewrite every object of %v through the API, checkpointed in %s", p.Resources, p.checkpointDir(s))
+	case StepVerify:
+		return fmt.Sprintf("scan %v in etcd: every value must be KMS v2 under %s", p.Resources, newID)
+	case StepRetire:
+		if !p.Retire {
+			return "skipped (no --retire): old versions keep decrypting"
+		}
+		return fmt.Sprintf("re-verify if needed, then retire every version except %s in %s", newID, p.Backend.Describe())
+	}
+	return ""
+}
+
+func (p *Procedure) checkpointDir(s *State) string {
+	v := "new"
+	if s.New != nil {
+		v = fmt.Sprintf("v%d", s.New.Version)
+	}
+	return filepath.Join(p.StateDir, "migrate-"+v)
+}
+
+// Plan prints what Run would do, without changing anything.
+func (p *Procedure) Plan(ctx context.Context) error {
+	s, resumed, err := p.open(ctx)
+	if err != nil {
+		return err
+	}
+	if resumed {
+		p.printf("Resuming the rotation in %s (started %s).\n", StatePath(p.StateDir), s.Started.Format(time.RFC3339))
+	} else {
+		p.printf("New rotation; state will be kept in %s.\n", StatePath(p.StateDir))
+	}
+	p.printf("Backend: %s; current key: %s\n", p.Backend.Describe(), s.Old.KeyID)
+	for i, step := range Steps {
+		mark := "todo"
+		switch {
+		case s.Done(step):
+			mark = "done"
+		case step == StepRetire && !p.Retire:
+			mark = "skip"
+		}
+		p.printf("  %d. [%s] %-15s %s\n", i+1, mark, step, p.describe(s, step))
+		if step == p.StopAfter {
+			p.printf("  (stops here: --stop-after %s)\n", step)
+			break
+		}
+	}
+	return nil
+}
+
+// Run runs every step not yet done, saving the state after each.
+func (p *Procedure) Run(ctx context.Context) (err error) {
+	if err := os.MkdirAll(p.StateDir, 0o700); err != nil {
+		return fmt.Errorf("create state dir: %w", err)
+	}
+	s, resumed, err := p.open(ctx)
+	if err != nil {
+		return err
+	}
+	if s.Done(StepRetire) || (s.Done(StepVerify) && !p.Retire && p.StopAfter == "") {
+		what := "complete"
+		if !s.Done(StepRetire) {
+			what = "complete except retire (run again with --retire to retire the old versions)"
+		}
+		p.printf("The rotation in %s is %s:\n%s", p.StateDir, what, s.Summary())
+		if s.Done(StepRetire) {
+			p.printf("Move %s away to start another rotation.\n", p.StateDir)
+		}
+		return nil
+	}
+	if resumed {
+		p.printf("Resuming the rotation in %s:\n%s", StatePath(p.StateDir), s.Summary())
+	} else if err := s.Save(p.StateDir); err != nil {
+		return err
+	}
+	defer func() {
+		if err == nil || errors.Is(err, ErrStopped) {
+			return
+		}
+		s.LastError = err.Error()
+		_ = s.Save(p.StateDir)
+		p.printf("\nRotation stopped: %v\n\nState (%s):\n%s", err, StatePath(p.StateDir), s.Summary())
+		if s.New != nil && !s.Done(StepRetire) {
+			p.printf("Nothing was retired: %s and %s both still decrypt.\n", s.Old.KeyID, s.New.KeyID)
+		}
+		p.printf("Fix the cause, then run the same command again: it resumes at the first step not done.\n")
+	}()
+
+	verifiedNow := false
+	for i, step := range Steps {
+		if s.Done(step) {
+			continue
+		}
+		if step == StepRetire && !p.Retire {
+			p.printf("[%d/%d] %s: skipped: run again with --retire once you are ready to retire %s\n", i+1, len(Steps), step, s.Old.KeyID)
+			break
+		}
+		p.printf("[%d/%d] %s: %s\n", i+1, len(Steps), step, p.describe(s, step))
+		start := time.Now()
+		note, err := p.runStep(ctx, s, step, &verifiedNow)
+		if err != nil {
+			return fmt.Errorf("step %s: %w", step, err)
+		}
+		s.mark(step, note)
+		s.LastError = ""
+		if err := s.Save(p.StateDir); err != nil {
+			return err
+		}
+		p.printf("[%d/%d] %s: done in %s: %s\n", i+1, len(Steps), step, time.Since(start).Round(time.Millisecond), note)
+		if step == p.StopAfter {
+			p.printf("Stopped after %s as asked; run again to continue.\n", step)
+			return ErrStopped
+		}
+	}
+	p.printf("Rotation %s -> %s done.\n", s.Old.KeyID, s.New.KeyID)
+	return nil
+}
+
+func (p *Procedure) runStep(ctx context.Context, s *State, step Step, verifiedNow *bool) (string, error) {
+	switch step {
+	case StepAdd:
+		v, err := p.Backend.Add(ctx, s.Old.Version)
+		if err != nil {
+			return "", err
+		}
+		s.New = &v
+		return "new version " + v.KeyID, nil
+
+	case StepPromote:
+		if wait := time.Until(s.Steps[StepAdd].At.Add(p.ReloadGrace)); wait > 0 {
+			if err := sleepCtx(ctx, wait); err != nil {
+				return "", err
+			}
+		}
+		for _, ep := range p.Endpoints {
+			if _, healthy, err := p.PluginStatus(ctx, ep); err != nil || !healthy {
+				return "", fmt.Errorf("plugin %s is not healthy (%v): refusing to promote a key it may not have loaded", ep, err)
+			}
+		}
+		if err := p.Backend.Promote(ctx, *s.New); err != nil {
+			return "", err
+		}
+		return s.New.KeyID + " encrypts", nil
+
+	case StepPlugins:
+		for _, ep := range p.Endpoints {
+			var last string
+			err := poll(ctx, p.PollInterval, p.PluginTimeout, func(ctx context.Context) (bool, error) {
+				id, healthy, err := p.PluginStatus(ctx, ep)
+				last = fmt.Sprintf("key_id %q, healthy %v, error %v", id, healthy, err)
+				return err == nil && healthy && id == s.New.KeyID, nil
+			})
+			if err != nil {
+				return "", fmt.Errorf("plugin %s: %w (last Status: %s)", ep, err, last)
+			}
+		}
+		return fmt.Sprintf("%d plugins report %s", len(p.Endpoints), s.New.KeyID), nil
+
+	case StepAPIServers:
+		for _, c := range p.Canaries {
+			var last string
+			start := time.Now()
+			err := poll(ctx, p.PollInterval, p.APIServerTimeout, func(ctx context.Context) (bool, error) {
+				cl, err := c.Write(ctx)
+				if err != nil {
+					last = err.Error()
+					return false, nil
+				}
+				last = "canary stored as " + cl.Label()
+				return cl.Type == audit.KMSv2 && cl.KeyID == s.New.KeyID, nil
+			})
+			if err != nil {
+				return "", fmt.Errorf("kube-apiserver %s: %w (last: %s)", c.APIServer, err, last)
+			}
+			p.printf("    %s encrypts with %s (after %s)\n", c.APIServer, s.New.KeyID, time.Since(start).Round(time.Second))
+		}
+		for _, c := range p.Canaries {
+			if err := c.Delete(ctx); err != nil {
+				return "", err
+			}
+		}
+		return fmt.Sprintf("%d kube-apiservers encrypt with %s", len(p.Canaries), s.New.KeyID), nil
+
+	case StepMigrate:
+		results, err := p.Migrate(ctx, p.checkpointDir(s))
+		var parts []string
+		for _, r := range results {
+			parts = append(parts, fmt.Sprintf("%s: %d listed, %d rewritten, %d deleted meanwhile, %d conflicts retried",
+				r.Resource, r.Listed, r.Rewritten, r.Deleted, r.Conflicts))
+		}
+		if err != nil {
+			return "", err
+		}
+		return strings.Join(parts, "; "), nil
+
+	case StepVerify:
+		if err := p.verify(ctx, s); err != nil {
+			return "", err
+		}
+		*verifiedNow = true
+		return "every object is under " + s.New.KeyID, nil
+
+	case StepRetire:
+		if !*verifiedNow {
+			p.printf("    verifying again before retiring anything\n")
+			if err := p.verify(ctx, s); err != nil {
+				return "", err
+			}
+		}
+		ids, err := p.Backend.Retire(ctx, *s.New)
+		if err != nil {
+			return "", err
+		}
+		for _, ep := range p.Endpoints {
+			err := poll(ctx, p.PollInterval, p.PluginTimeout, func(ctx context.Context) (bool, error) {
+				id, healthy, err := p.PluginStatus(ctx, ep)
+				return err == nil && healthy && id == s.New.KeyID, nil
+			})
+			if err != nil {
+				return "", fmt.Errorf("plugin %s after retiring: %w", ep, err)
+			}
+		}
+		if len(ids) == 0 {
+			return "nothing left to retire", nil
+		}
+		return "retired " + strings.Join(ids, ", "), nil
+	}
+	return "", fmt.Errorf("unknown step %q", step)
+}
+
+// verify scans; on offenders it forgets the migrate step and its
+// checkpoints, so that the next run migrates everything again.
+func (p *Procedure) verify(ctx context.Context, s *State) error {
+	rep, err := p.Verify(ctx, audit.Expect{KeyIDs: []string{s.New.KeyID}})
+	if err != nil {
+		return err
+	}
+	if rep.OffenderCount == 0 {
+		p.printf("    %d objects, all under %s\n", rep.Total, s.New.KeyID)
+		return nil
+	}
+	s.undo(StepMigrate)
+	s.undo(StepVerify)
+	_ = os.RemoveAll(p.checkpointDir(s))
+	return fmt.Errorf("refusing to retire anything: %w\nthe next run migrates again (an old-key object can come from an apiserver that still uses the old key, a restored backup, or a resource missing from the list)", rep.Err())
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// poll calls cond every interval until it returns true, an error, or
+// timeout passes.
+func poll(ctx context.Context, interval, timeout time.Duration, cond func(context.Context) (bool, error)) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for {
+		ok, err := cond(ctx)
+		if err != nil {
+			return err
+		}
+		if ok {
+			return nil
+		}
+		if err := sleepCtx(ctx, interval); err != nil {
+			if errors.Is(err, context.DeadlineExceeded) {
+				return fmt.Errorf("timed out after %s", timeout)
+			}
+			return err
+		}
+	}
+}
