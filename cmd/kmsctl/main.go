@@ -35,7 +35,7 @@ func newRootCmd() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(newKeyringCmd(), newStatusCmd(), newVaultCmd(), newBenchCmd(), newConformanceCmd())
-	root.AddCommand(newVerifyCmd())
+	root.AddCommand(newVerifyCmd(), newMigrateCmd(), newRotateCmd())
 	return root
 }
 
