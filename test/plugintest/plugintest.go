@@ -281,3 +281,19 @@ func tail(s string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// StatusKeyID calls Status and returns its key_id, failing the test unless
+// the plugin answers healthy.
+func StatusKeyID(t testing.TB, c kmsapi.KeyManagementServiceClient) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	st, err := c.Status(ctx, &kmsapi.StatusRequest{})
+	if err != nil {
+		t.Fatalf("Status() = %v", err)
+	}
+	if st.GetVersion() != "v2" || st.GetHealthz() != "ok" {
+		t.Fatalf("Status() = version %q, healthz %q; want v2, ok", st.GetVersion(), st.GetHealthz())
+	}
+	return st.GetKeyId()
+}
