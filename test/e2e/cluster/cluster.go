@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -33,15 +34,22 @@ type Cluster struct {
 	Etcd *clientv3.Client
 	// EtcdPrefix is kube-apiserver's --etcd-prefix (normally /registry).
 	EtcdPrefix string
-	// ProviderName is the kms provider's name in the EncryptionConfiguration.
+	// ProviderName is the name of the first kms provider in the
+	// EncryptionConfiguration: the primary plugin, which encrypts new
+	// writes. Status, KeyID, Rotate, Prefix, Encrypted, StoredKeyID,
+	// KillPlugin and StartPlugin act on it; Plugin(name) reaches the
+	// others. UseEncryptionConfig may change it.
 	ProviderName string
 	// EncryptedResources lists the resources the EncryptionConfiguration
-	// sends through the plugin, such as "secrets" and "configmaps".
+	// sends through the primary plugin, such as "secrets" and "configmaps".
 	EncryptedResources []string
 
 	kmsctl   []string // argv that runs kmsctl
-	endpoint string   // the plugin's endpoint, as kmsctl sees it
-	keyring  string   // the keyring file, as kmsctl sees it; empty if the provider has none
+	endpoint string   // the primary plugin's endpoint, as kmsctl sees it
+	keyring  string   // the primary plugin's keyring file, as kmsctl sees it; empty if it has none
+
+	pluginsOnce sync.Once
+	plugins     []*Plugin // every plugin the cluster runs, in Options.Plugins order
 
 	local    *local    // set when the cluster runs on loopback
 	existing *existing // set when KMS_E2E_KUBECONFIG names a cluster
@@ -58,12 +66,30 @@ func Start(t testing.TB, opts Options) *Cluster {
 	return startLocal(t, opts)
 }
 
+// UsesExistingCluster reports whether Start returns an existing cluster
+// (KMS_E2E_KUBECONFIG is set) rather than starting a local one. Tests that
+// need a backend the existing cluster does not run check it first.
+func UsesExistingCluster() bool { return useExisting() }
+
 // Options shape a local cluster. An existing cluster ignores them.
 type Options struct {
 	// Plaintext starts kube-apiserver without --encryption-provider-config,
 	// as a cluster is before encryption at rest is enabled. EnableEncryption
 	// switches it on later.
 	Plaintext bool
+	// Plugins are the kms-plugin processes the cluster runs, each on its
+	// own socket. Empty means one plugin, "kms-plugin" on kms.sock, on a new
+	// local keyring (LocalPlugin).
+	Plugins []PluginSpec
+	// EncryptionConfig is an EncryptionConfiguration sample that
+	// kube-apiserver runs with, as a path relative to the repository root
+	// (such as "deploy/encryption-config/vault.yaml"). Its endpoints under
+	// unix:///var/run/kms-plugin/ are moved to the cluster's socket
+	// directory, so each must name the socket of a plugin in Plugins with
+	// the provider name of that plugin. Empty means a configuration that
+	// lists every plugin in order, then identity, for secrets and
+	// configmaps.
+	EncryptionConfig string
 }
 
 // Local reports whether the cluster runs on loopback under the test's
@@ -78,9 +104,65 @@ type Status struct {
 	KeyID   string `json:"key_id"`
 }
 
+// Status asks the primary plugin for its Status through kmsctl.
+func (c *Cluster) Status(ctx context.Context) (Status, error) { return c.primary().Status(ctx) }
+
+// KeyID returns the primary plugin's current key_id, failing unless it
+// reports version v2 and healthz ok.
+func (c *Cluster) KeyID(ctx context.Context) (string, error) { return c.primary().KeyID(ctx) }
+
+// Rotate makes a new key current in the primary plugin's backend (for the
+// local provider, `kmsctl keyring rotate`), waits until the running plugin's
+// Status reports it, and returns the new key_id.
+func (c *Cluster) Rotate(ctx context.Context) (string, error) { return c.primary().Rotate(ctx) }
+
+// Plugin is one kms-plugin the cluster runs, listed or not in the current
+// EncryptionConfiguration.
+type Plugin struct {
+	// Name is the plugin's kms provider name in the EncryptionConfiguration;
+	// it is part of the prefix of every value the plugin encrypted.
+	Name string
+
+	c        *Cluster
+	endpoint string                                    // as kmsctl sees it
+	rotate   func(ctx context.Context) (string, error) // nil if the plugin cannot rotate
+	local    *localPlugin                              // nil on an existing cluster
+}
+
+// Plugins returns every plugin the cluster runs, in Options.Plugins order.
+// An existing cluster has one, described by KMS_E2E_* variables.
+func (c *Cluster) Plugins() []*Plugin {
+	c.pluginsOnce.Do(func() {
+		if c.plugins == nil {
+			c.plugins = []*Plugin{{Name: c.ProviderName, c: c, endpoint: c.endpoint, rotate: keyringRotate(c.kmsctl, c.keyring)}}
+		}
+	})
+	return c.plugins
+}
+
+// Plugin returns the plugin whose provider name is name, or nil.
+func (c *Cluster) Plugin(name string) *Plugin {
+	for _, p := range c.Plugins() {
+		if p.Name == name {
+			return p
+		}
+	}
+	return nil
+}
+
+// primary is the plugin named ProviderName: the first kms provider in the
+// EncryptionConfiguration, the one that encrypts new writes.
+func (c *Cluster) primary() *Plugin {
+	if p := c.Plugin(c.ProviderName); p != nil {
+		return p
+	}
+	// Unreachable: Start and UseEncryptionConfig only name running plugins.
+	panic(fmt.Sprintf("cluster: no plugin named %q", c.ProviderName))
+}
+
 // Status asks the plugin for its Status through kmsctl.
-func (c *Cluster) Status(ctx context.Context) (Status, error) {
-	out, err := c.runKmsctl(ctx, "status", "--endpoint", c.endpoint, "-o", "json")
+func (p *Plugin) Status(ctx context.Context) (Status, error) {
+	out, err := runKmsctl(ctx, p.c.kmsctl, "status", "--endpoint", p.endpoint, "-o", "json")
 	if err != nil {
 		return Status{}, err
 	}
@@ -93,35 +175,35 @@ func (c *Cluster) Status(ctx context.Context) (Status, error) {
 
 // KeyID returns the plugin's current key_id, failing unless the plugin
 // reports version v2 and healthz ok.
-func (c *Cluster) KeyID(ctx context.Context) (string, error) {
-	s, err := c.Status(ctx)
+func (p *Plugin) KeyID(ctx context.Context) (string, error) {
+	s, err := p.Status(ctx)
 	if err != nil {
 		return "", err
 	}
 	if s.Version != "v2" || s.Healthz != "ok" || s.KeyID == "" {
-		return "", fmt.Errorf("plugin status = %+v, want version v2, healthz ok and a key_id", s)
+		return "", fmt.Errorf("plugin %s status = %+v, want version v2, healthz ok and a key_id", p.Name, s)
 	}
 	return s.KeyID, nil
 }
 
-// Rotate adds a key version with `kmsctl keyring rotate`, waits until the
-// running plugin's Status reports it, and returns the new key_id.
-func (c *Cluster) Rotate(ctx context.Context) (string, error) {
-	if c.keyring == "" {
-		return "", errors.New("rotate: this cluster's provider has no keyring file (set KMS_E2E_KEYRING)")
+// Rotate runs the plugin's rotate function (PluginSpec.Rotate), waits until
+// the running plugin's Status reports a new key_id, and returns it. It fails
+// if the rotate function printed another key_id than the plugin reports.
+func (p *Plugin) Rotate(ctx context.Context) (string, error) {
+	if p.rotate == nil {
+		return "", fmt.Errorf("rotate %s: the plugin has no rotate function", p.Name)
 	}
-	before, err := c.KeyID(ctx)
+	before, err := p.KeyID(ctx)
 	if err != nil {
 		return "", fmt.Errorf("rotate: %w", err)
 	}
-	out, err := c.runKmsctl(ctx, "keyring", "rotate", "--keyring", c.keyring)
+	printed, err := p.rotate(ctx)
 	if err != nil {
 		return "", err
 	}
-	printed := lastLine(out)
 	var now string
-	err = Poll(ctx, 200*time.Millisecond, 30*time.Second, "plugin reports the rotated key", func(ctx context.Context) (bool, error) {
-		id, err := c.KeyID(ctx)
+	err = Poll(ctx, 200*time.Millisecond, time.Minute, "plugin "+p.Name+" reports the rotated key", func(ctx context.Context) (bool, error) {
+		id, err := p.KeyID(ctx)
 		if err != nil {
 			return false, err
 		}
@@ -131,14 +213,75 @@ func (c *Cluster) Rotate(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if printed != now {
-		return "", fmt.Errorf("kmsctl keyring rotate printed %q, but the plugin's Status key_id is %q", printed, now)
+	if printed != "" && printed != now {
+		return "", fmt.Errorf("rotating %s printed key_id %q, but the plugin's Status key_id is %q", p.Name, printed, now)
 	}
 	return now, nil
 }
 
+// keyringRotate rotates a local keyring with `kmsctl keyring rotate`, which
+// prints the new key_id on its last line.
+func keyringRotate(kmsctl []string, keyring string) func(context.Context) (string, error) {
+	return func(ctx context.Context) (string, error) {
+		if keyring == "" {
+			return "", errors.New("rotate: this cluster's provider has no keyring file (set KMS_E2E_KEYRING)")
+		}
+		out, err := runKmsctl(ctx, kmsctl, "keyring", "rotate", "--keyring", keyring)
+		if err != nil {
+			return "", err
+		}
+		return lastLine(out), nil
+	}
+}
+
+// Prefix is what kube-apiserver writes before every value this plugin
+// encrypted.
+func (p *Plugin) Prefix() string { return "k8s:enc:kms:v2:" + p.Name + ":" }
+
+// Encrypted parses a raw etcd value as the KMS v2 EncryptedObject that
+// kube-apiserver stores, failing if it lacks this plugin's provider prefix.
+func (p *Plugin) Encrypted(raw []byte) (*kmstypes.EncryptedObject, error) {
+	rest, ok := bytes.CutPrefix(raw, []byte(p.Prefix()))
+	if !ok {
+		return nil, fmt.Errorf("value starts with %q, want prefix %q", head(raw), p.Prefix())
+	}
+	var obj kmstypes.EncryptedObject
+	if err := proto.Unmarshal(rest, &obj); err != nil {
+		return nil, fmt.Errorf("parse EncryptedObject: %w", err)
+	}
+	return &obj, nil
+}
+
+// Kill SIGKILLs the plugin.
+func (p *Plugin) Kill(ctx context.Context) error {
+	if p.local != nil {
+		return p.local.kill()
+	}
+	return p.c.existing.killPlugin(ctx)
+}
+
+// Start starts the plugin after Kill (on an existing cluster the kubelet
+// restarts it) and waits until it answers Status healthy.
+func (p *Plugin) Start(ctx context.Context) error {
+	if p.local != nil {
+		if err := p.local.start(ctx); err != nil {
+			return err
+		}
+	}
+	return Poll(ctx, 500*time.Millisecond, 3*time.Minute, "plugin "+p.Name+" answers Status", func(ctx context.Context) (bool, error) {
+		_, err := p.KeyID(ctx)
+		return err == nil, err
+	})
+}
+
 func (c *Cluster) runKmsctl(ctx context.Context, args ...string) ([]byte, error) {
-	argv := append(append([]string{}, c.kmsctl...), args...)
+	return runKmsctl(ctx, c.kmsctl, args...)
+}
+
+// runKmsctl runs kmsctl (the argv prefix kmsctl) with args and returns its
+// standard output.
+func runKmsctl(ctx context.Context, kmsctl []string, args ...string) ([]byte, error) {
+	argv := append(append([]string{}, kmsctl...), args...)
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -168,22 +311,15 @@ func (c *Cluster) Raw(ctx context.Context, resource, ns, name string) ([]byte, e
 	return resp.Kvs[0].Value, nil
 }
 
-// Prefix is what kube-apiserver writes before every value that kms-plugin
-// encrypted.
-func (c *Cluster) Prefix() string { return "k8s:enc:kms:v2:" + c.ProviderName + ":" }
+// Prefix is what kube-apiserver writes before every value that the primary
+// plugin encrypted.
+func (c *Cluster) Prefix() string { return c.primary().Prefix() }
 
 // Encrypted parses a raw etcd value as the KMS v2 EncryptedObject that
-// kube-apiserver stores, failing if it lacks this cluster's provider prefix.
+// kube-apiserver stores, failing if it lacks the primary plugin's provider
+// prefix.
 func (c *Cluster) Encrypted(raw []byte) (*kmstypes.EncryptedObject, error) {
-	rest, ok := bytes.CutPrefix(raw, []byte(c.Prefix()))
-	if !ok {
-		return nil, fmt.Errorf("value starts with %q, want prefix %q", head(raw), c.Prefix())
-	}
-	var obj kmstypes.EncryptedObject
-	if err := proto.Unmarshal(rest, &obj); err != nil {
-		return nil, fmt.Errorf("parse EncryptedObject: %w", err)
-	}
-	return &obj, nil
+	return c.primary().Encrypted(raw)
 }
 
 // StoredKeyID returns the keyID stored with a Secret in etcd.
@@ -263,27 +399,13 @@ func (c *Cluster) Namespace(t testing.TB) string {
 	return name
 }
 
-// KillPlugin SIGKILLs kms-plugin.
-func (c *Cluster) KillPlugin(ctx context.Context) error {
-	if c.local != nil {
-		return c.local.killPlugin()
-	}
-	return c.existing.killPlugin(ctx)
-}
+// KillPlugin SIGKILLs the primary plugin.
+func (c *Cluster) KillPlugin(ctx context.Context) error { return c.primary().Kill(ctx) }
 
-// StartPlugin starts kms-plugin after KillPlugin (on an existing cluster the
-// kubelet restarts it) and waits until it answers Status healthy.
-func (c *Cluster) StartPlugin(ctx context.Context) error {
-	if c.local != nil {
-		if err := c.local.startPlugin(ctx); err != nil {
-			return err
-		}
-	}
-	return Poll(ctx, 500*time.Millisecond, 3*time.Minute, "plugin answers Status", func(ctx context.Context) (bool, error) {
-		_, err := c.KeyID(ctx)
-		return err == nil, err
-	})
-}
+// StartPlugin starts the primary plugin after KillPlugin (on an existing
+// cluster the kubelet restarts it) and waits until it answers Status
+// healthy.
+func (c *Cluster) StartPlugin(ctx context.Context) error { return c.primary().Start(ctx) }
 
 // RestartAPIServer restarts kube-apiserver and waits until it is ready.
 func (c *Cluster) RestartAPIServer(ctx context.Context) error {
@@ -294,8 +416,9 @@ func (c *Cluster) RestartAPIServer(ctx context.Context) error {
 }
 
 // EnableEncryption restarts a local kube-apiserver started with
-// Options.Plaintext with an EncryptionConfiguration that lists kms-plugin
-// first and identity second, so that plaintext objects still read.
+// Options.Plaintext with the EncryptionConfiguration of Options (by default
+// kms-plugin first and identity second, so that plaintext objects still
+// read).
 func (c *Cluster) EnableEncryption(ctx context.Context) error {
 	if c.local == nil {
 		return errors.New("enable encryption: only a local cluster can be reconfigured")

@@ -2,42 +2,103 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	apiserverv1 "k8s.io/apiserver/pkg/apis/apiserver/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"sigs.k8s.io/yaml"
 
 	"github.com/kms-plugin/kms-plugin/test/testbin"
 )
 
-// localProviderName is the kms provider's name in a local cluster's
-// EncryptionConfiguration.
+// localProviderName is the kms provider's name of the plugin a local
+// cluster runs when Options.Plugins is empty.
 const localProviderName = "kms-plugin"
+
+// sampleSocketDir is the socket directory that the EncryptionConfiguration
+// samples in deploy/ name; a local cluster moves it to its own.
+const sampleSocketDir = "unix:///var/run/kms-plugin/"
+
+// PluginSpec describes one kms-plugin process of a local cluster.
+type PluginSpec struct {
+	// Name is the plugin's kms provider name in the EncryptionConfiguration.
+	Name string
+	// Socket is the file name of the plugin's socket in the cluster's socket
+	// directory, as the samples name it under /var/run/kms-plugin/ (such as
+	// "kms.sock" or "vault.sock"). Empty means Name + ".sock".
+	Socket string
+	// Args select and configure the backend ("--provider", "vault",
+	// "--vault-addr", ...). The cluster adds --listen, --health-addr and
+	// --log-format.
+	Args []string
+	// Rotate makes a new key current in the plugin's backend and returns
+	// the key_id that the rotating tool printed, or "" if it printed none.
+	// Plugin.Rotate runs it and waits for the plugin to report the new key.
+	Rotate func(ctx context.Context) (string, error)
+
+	keyring string // the local provider's keyring file, if any
+}
+
+// LocalPlugin returns the spec of a plugin on the local keyring provider,
+// with a new keyring made by `kmsctl keyring init` in a directory that
+// lives until t ends, and rotated with `kmsctl keyring rotate`.
+func LocalPlugin(t testing.TB, name, socket string) PluginSpec {
+	t.Helper()
+	kmsctl := []string{testbin.Build(t, "./cmd/kmsctl")}
+	keyring := filepath.Join(t.TempDir(), "keyring.json")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := runKmsctl(ctx, kmsctl, "keyring", "init", "--keyring", keyring); err != nil {
+		t.Fatal(err)
+	}
+	return PluginSpec{
+		Name:   name,
+		Socket: socket,
+		Args: []string{
+			"--provider", "local",
+			"--keyring", keyring,
+			"--keyring-reload-interval", "1s",
+		},
+		Rotate:  keyringRotate(kmsctl, keyring),
+		keyring: keyring,
+	}
+}
 
 // local is a control plane of real processes on loopback.
 type local struct {
 	dir        string // logs, data, certificates, configuration
+	sockDir    string // the plugins' sockets; short, unlike dir
 	pki        *pki
 	etcdURL    string
 	apiPort    int
-	healthAddr string // the plugin's HTTP health address
-	socket     string // the plugin's unix socket
-	keyring    string
 	encConfig  string
 	encryption bool // whether kube-apiserver runs with encConfig
 
-	etcdBin, apiserverBin, pluginBin string
+	etcdBin, apiserverBin string
 
-	etcd, apiserver, plugin *process
-	client                  kubernetes.Interface // polls kube-apiserver's /readyz
+	etcd, apiserver *process
+	client          kubernetes.Interface // polls kube-apiserver's /readyz
+}
+
+// localPlugin is one kms-plugin process of a local cluster.
+type localPlugin struct {
+	spec       PluginSpec
+	bin        string
+	socket     string
+	healthAddr string // the plugin's HTTP health address
+	log        string
+	proc       *process
 }
 
 func startLocal(t testing.TB, opts Options) *Cluster {
@@ -49,36 +110,60 @@ func startLocal(t testing.TB, opts Options) *Cluster {
 	t.Cleanup(func() { dumpLogsOnFailure(t, l.dir) })
 
 	// A unix socket path must fit in 108 bytes; t.TempDir can be longer.
-	sockDir, err := os.MkdirTemp("", "kmse2e")
-	if err != nil {
+	var err error
+	if l.sockDir, err = os.MkdirTemp("", "kmse2e"); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(sockDir) })
-	l.socket = filepath.Join(sockDir, "kms.sock")
+	t.Cleanup(func() { os.RemoveAll(l.sockDir) })
 
 	l.etcdBin = testbin.Tool(t, "etcd", "etcd")
 	l.apiserverBin = testbin.Tool(t, "kube-apiserver", "kube-apiserver")
-	l.pluginBin = testbin.Build(t, "./cmd/kms-plugin")
+	pluginBin := testbin.Build(t, "./cmd/kms-plugin")
 	kmsctl := testbin.Build(t, "./cmd/kmsctl")
 
 	if l.pki, err = newPKI(l.dir); err != nil {
 		t.Fatal(err)
 	}
 	c := &Cluster{
-		EtcdPrefix:         "/registry",
-		ProviderName:       localProviderName,
-		EncryptedResources: []string{"secrets", "configmaps"},
-		kmsctl:             []string{kmsctl},
-		endpoint:           "unix://" + l.socket,
-		keyring:            filepath.Join(l.dir, "keyring.json"),
-		local:              l,
+		EtcdPrefix: "/registry",
+		kmsctl:     []string{kmsctl},
+		local:      l,
 	}
-	l.keyring = c.keyring
+	specs := opts.Plugins
+	if len(specs) == 0 {
+		specs = []PluginSpec{LocalPlugin(t, localProviderName, "kms.sock")}
+	}
+	// Plugins() fills in a plugin only for an existing cluster; this list
+	// is built here.
+	c.pluginsOnce.Do(func() {})
+	sockets := map[string]bool{}
+	for _, spec := range specs {
+		if spec.Name == "" || strings.Contains(spec.Name, ":") || c.Plugin(spec.Name) != nil {
+			t.Fatalf("plugin spec name %q: want a unique name without ':'", spec.Name)
+		}
+		if spec.Socket == "" {
+			spec.Socket = spec.Name + ".sock"
+		}
+		if sockets[spec.Socket] {
+			t.Fatalf("plugin %s: socket %q is taken by another plugin", spec.Name, spec.Socket)
+		}
+		sockets[spec.Socket] = true
+		port, err := freePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		lp := &localPlugin{
+			spec:       spec,
+			bin:        pluginBin,
+			socket:     filepath.Join(l.sockDir, spec.Socket),
+			healthAddr: "127.0.0.1:" + strconv.Itoa(port),
+			log:        filepath.Join(l.dir, spec.Name+".log"),
+		}
+		c.plugins = append(c.plugins, &Plugin{Name: spec.Name, c: c, endpoint: "unix://" + lp.socket, rotate: spec.Rotate, local: lp})
+	}
+
 	l.encConfig = filepath.Join(l.dir, "encryption-config.yaml")
-	if err := os.WriteFile(l.encConfig, []byte(encryptionConfig(localProviderName, c.endpoint, c.EncryptedResources)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.runKmsctl(ctx, "keyring", "init", "--keyring", c.keyring); err != nil {
+	if err := c.writeEncryptionConfig(opts.EncryptionConfig); err != nil {
 		t.Fatal(err)
 	}
 
@@ -92,20 +177,19 @@ func startLocal(t testing.TB, opts Options) *Cluster {
 	}
 	t.Cleanup(func() { c.Etcd.Close() })
 
-	port, err := freePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	l.healthAddr = "127.0.0.1:" + strconv.Itoa(port)
-	// Registered before startPlugin so that a plugin started later by the
-	// test (after KillPlugin) is stopped too.
+	// Registered before the plugins start so that a plugin started later by
+	// the test (after Kill) is stopped too.
 	t.Cleanup(func() {
-		if l.plugin != nil {
-			l.plugin.kill()
+		for _, p := range c.plugins {
+			if p.local.proc != nil {
+				p.local.proc.kill()
+			}
 		}
 	})
-	if err := l.startPlugin(ctx); err != nil {
-		t.Fatal(err)
+	for _, p := range c.plugins {
+		if err := p.local.start(ctx); err != nil {
+			t.Fatal(err)
+		}
 	}
 
 	if l.apiPort, err = freePort(); err != nil {
@@ -137,23 +221,109 @@ func startLocal(t testing.TB, opts Options) *Cluster {
 	return c
 }
 
+// UseEncryptionConfig restarts a local kube-apiserver with another
+// EncryptionConfiguration sample (see Options.EncryptionConfig; "" is the
+// default configuration) and waits until it is ready. ProviderName becomes
+// the sample's first kms provider, which then encrypts new writes.
+func (c *Cluster) UseEncryptionConfig(ctx context.Context, sample string) error {
+	if c.local == nil {
+		return errors.New("use encryption config: only a local cluster can be reconfigured")
+	}
+	if err := c.writeEncryptionConfig(sample); err != nil {
+		return err
+	}
+	c.local.encryption = true
+	return c.local.restartAPIServer(ctx)
+}
+
+// writeEncryptionConfig writes the local cluster's EncryptionConfiguration
+// from sample (a path relative to the repository root), or renders the
+// default one when sample is empty, and points ProviderName,
+// EncryptedResources and the primary plugin's endpoint and keyring at it.
+func (c *Cluster) writeEncryptionConfig(sample string) error {
+	var (
+		text      string
+		primary   string
+		resources []string
+	)
+	if sample == "" {
+		primary, resources = c.plugins[0].Name, []string{"secrets", "configmaps"}
+		text = encryptionConfig(c.plugins, resources)
+	} else {
+		b, err := os.ReadFile(filepath.Join(testbin.RepoRoot(), sample))
+		if err != nil {
+			return fmt.Errorf("read encryption config sample: %w", err)
+		}
+		text = strings.ReplaceAll(string(b), sampleSocketDir, "unix://"+c.local.sockDir+"/")
+		if primary, resources, err = c.checkEncryptionConfig(text); err != nil {
+			return fmt.Errorf("encryption config sample %s: %w", sample, err)
+		}
+	}
+	if err := os.WriteFile(c.local.encConfig, []byte(text), 0o600); err != nil {
+		return err
+	}
+	p := c.Plugin(primary)
+	c.ProviderName, c.EncryptedResources = primary, resources
+	c.endpoint, c.keyring = p.endpoint, p.local.spec.keyring
+	return nil
+}
+
+// checkEncryptionConfig parses an EncryptionConfiguration and checks that
+// every kms provider in it is one of the cluster's plugins, by name and
+// socket. It returns the first kms provider's name and the resources that
+// provider encrypts.
+func (c *Cluster) checkEncryptionConfig(text string) (primary string, resources []string, err error) {
+	var cfg apiserverv1.EncryptionConfiguration
+	if err := yaml.UnmarshalStrict([]byte(text), &cfg); err != nil {
+		return "", nil, fmt.Errorf("parse: %w", err)
+	}
+	for _, rc := range cfg.Resources {
+		for i, pc := range rc.Providers {
+			if pc.KMS == nil {
+				continue
+			}
+			p := c.Plugin(pc.KMS.Name)
+			if p == nil {
+				return "", nil, fmt.Errorf("kms provider %q: the cluster runs no plugin of that name", pc.KMS.Name)
+			}
+			if pc.KMS.Endpoint != p.endpoint {
+				return "", nil, fmt.Errorf("kms provider %q: endpoint %s, but that plugin listens on %s (under %s in the sample)",
+					pc.KMS.Name, pc.KMS.Endpoint, p.endpoint, sampleSocketDir)
+			}
+			if i == 0 {
+				if primary != "" && primary != pc.KMS.Name {
+					return "", nil, fmt.Errorf("resources encrypted by both %q and %q: the cluster has one primary plugin", primary, pc.KMS.Name)
+				}
+				primary = pc.KMS.Name
+				resources = append(resources, rc.Resources...)
+			}
+		}
+	}
+	if primary == "" {
+		return "", nil, errors.New("no resource has a kms provider first")
+	}
+	return primary, resources, nil
+}
+
 // encryptionConfig renders an EncryptionConfiguration that sends resources
-// through the kms provider name at endpoint, with identity second so that
-// objects written before encryption was enabled still read.
-func encryptionConfig(name, endpoint string, resources []string) string {
+// through every plugin in order (the first encrypts, the others decrypt),
+// with identity last so that objects written before encryption was enabled
+// still read.
+func encryptionConfig(plugins []*Plugin, resources []string) string {
 	s := "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n  - resources:\n"
 	for _, r := range resources {
 		s += "      - " + r + "\n"
 	}
-	s += fmt.Sprintf(`    providers:
-      - kms:
+	s += "    providers:\n"
+	for _, p := range plugins {
+		s += fmt.Sprintf(`      - kms:
           apiVersion: v2
           name: %s
           endpoint: %s
           timeout: 3s
-      - identity: {}
-`, name, endpoint)
-	return s
+`, p.Name, p.endpoint)
+	}
+	return s + "      - identity: {}\n"
 }
 
 func (l *local) startEtcd(ctx context.Context) error {
@@ -186,39 +356,36 @@ func (l *local) startEtcd(ctx context.Context) error {
 	return waitHTTP(ctx, l.etcd, l.etcdURL+"/health", time.Minute)
 }
 
-func (l *local) pluginArgs() []string {
-	return []string{
-		"--provider", "local",
-		"--keyring", l.keyring,
-		"--listen", "unix://" + l.socket,
-		"--health-addr", l.healthAddr,
-		"--keyring-reload-interval", "1s",
+func (lp *localPlugin) args() []string {
+	return append(append([]string{}, lp.spec.Args...),
+		"--listen", "unix://"+lp.socket,
+		"--health-addr", lp.healthAddr,
 		"--log-format", "text",
-	}
+	)
 }
 
-func (l *local) startPlugin(ctx context.Context) error {
-	if l.plugin != nil {
-		if ok, _ := l.plugin.exited(); !ok {
-			return fmt.Errorf("start kms-plugin: already running")
+func (lp *localPlugin) start(ctx context.Context) error {
+	if lp.proc != nil {
+		if ok, _ := lp.proc.exited(); !ok {
+			return fmt.Errorf("start %s: already running", lp.spec.Name)
 		}
 	}
 	var err error
-	l.plugin, err = startProcess("kms-plugin", filepath.Join(l.dir, "kms-plugin.log"), l.pluginBin, l.pluginArgs()...)
+	lp.proc, err = startProcess(lp.spec.Name, lp.log, lp.bin, lp.args()...)
 	if err != nil {
 		return err
 	}
-	return waitHTTP(ctx, l.plugin, "http://"+l.healthAddr+"/readyz", time.Minute)
+	return waitHTTP(ctx, lp.proc, "http://"+lp.healthAddr+"/readyz", time.Minute)
 }
 
-func (l *local) killPlugin() error {
-	if l.plugin == nil {
-		return fmt.Errorf("kill kms-plugin: not started")
+func (lp *localPlugin) kill() error {
+	if lp.proc == nil {
+		return fmt.Errorf("kill %s: not started", lp.spec.Name)
 	}
-	if ok, err := l.plugin.exited(); ok {
-		return fmt.Errorf("kill kms-plugin: it had already exited: %v", err)
+	if ok, err := lp.proc.exited(); ok {
+		return fmt.Errorf("kill %s: it had already exited: %v", lp.spec.Name, err)
 	}
-	l.plugin.kill()
+	lp.proc.kill()
 	return nil
 }
 
