@@ -222,7 +222,7 @@ func (k *Keyring) Infos() []providers.KeyInfo {
 // positive version numbers, 32-byte keys, known states, exactly one primary.
 func (k *Keyring) Validate() error {
 	if k.Kind != fileKind {
-		return fmt.Errorf("kind is %q, want %q", k.Kind, fileKind)
+		return fmt.Errorf("kind is %s, want %q", shown(k.Kind), fileKind)
 	}
 	if k.Format != fileFormat {
 		return fmt.Errorf("unsupported format %d (this kms-plugin reads format %d)", k.Format, fileFormat)
@@ -250,7 +250,7 @@ func (k *Keyring) Validate() error {
 			primaries++
 		case providers.StateActive, providers.StateRetired:
 		default:
-			return fmt.Errorf("version %d: unknown state %q", v.Version, v.State)
+			return fmt.Errorf("version %d: unknown state %s", v.Version, shown(string(v.State)))
 		}
 	}
 	if primaries != 1 {
@@ -318,6 +318,22 @@ func Parse(b []byte) (*Keyring, error) {
 	return &k, nil
 }
 
+// shown quotes a value read from the file for an error message only if it
+// looks like a field name or state (short, lower case): a hand-edited or
+// corrupted file may hold key bytes where a name belongs, and error
+// messages reach logs and /healthz.
+func shown(s string) string {
+	if len(s) > 20 {
+		return "(a value too long to show)"
+	}
+	for _, c := range s {
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '_' && c != '-' {
+			return "(a value not shown)"
+		}
+	}
+	return strconv.Quote(s)
+}
+
 // sanitizeJSONError keeps the position of a decoding error but drops any
 // quoted input, which could be key bytes.
 func sanitizeJSONError(err error) error {
@@ -333,8 +349,12 @@ func sanitizeJSONError(err error) error {
 	if errors.As(err, &ce) {
 		return errors.New("a key is not valid base64")
 	}
-	if strings.HasPrefix(err.Error(), "json: unknown field") {
-		return errors.New(err.Error())
+	if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+		n, uerr := strconv.Unquote(name)
+		if uerr != nil {
+			n = name
+		}
+		return fmt.Errorf("unknown field %s", shown(n))
 	}
 	return errors.New("malformed or truncated JSON")
 }
