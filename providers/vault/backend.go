@@ -65,8 +65,10 @@ type keyMetadata struct {
 	Latest               int64
 	MinDecryptionVersion int64
 	MinEncryptionVersion int64
-	// Created holds each live version's creation time, which makes the
-	// key_id unique to that version's life.
+	MinAvailableVersion  int64
+	// Created holds the creation time of each version that can decrypt
+	// (transit archives versions below min_decryption_version and does not
+	// list them), which makes the key_id unique to that version's life.
 	Created map[int64]time.Time
 }
 
@@ -177,6 +179,7 @@ func parseKeyMetadata(d map[string]any) (keyMetadata, error) {
 	if m.MinEncryptionVersion, err = toInt64(d["min_encryption_version"]); err != nil {
 		return keyMetadata{}, fmt.Errorf("parse min_encryption_version: %w", err)
 	}
+	m.MinAvailableVersion, _ = toInt64(d["min_available_version"]) // absent before Vault 1.x trimming
 	keys, _ := d["keys"].(map[string]any)
 	for k, v := range keys {
 		ver, err := strconv.ParseInt(k, 10, 64)

@@ -135,6 +135,11 @@ func TestClassify(t *testing.T) {
 	if classify(opDecrypt, nil) != nil {
 		t.Errorf("classify(nil) != nil")
 	}
+	// One attempt timing out is the backend's trouble (Unavailable), not
+	// the caller's deadline (which the kms package maps apart).
+	if err := classify(opDecrypt, context.DeadlineExceeded); errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("classify(DeadlineExceeded) = %v keeps the context error in its chain", err)
+	}
 }
 
 func TestKeyIDAndRef(t *testing.T) {

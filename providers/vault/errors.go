@@ -45,7 +45,10 @@ func classify(o op, err error) error {
 		return fmt.Errorf("%w: %w", providers.ErrKeyNotFound, err)
 	}
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-		return fmt.Errorf("%w: %w", providers.ErrUnavailable, err)
+		// Usually one attempt's own timeout, not the caller's deadline:
+		// keep the context error out of the chain so that the kms package
+		// maps it to Unavailable rather than DeadlineExceeded.
+		return fmt.Errorf("vault %s: %w: %s", o, providers.ErrUnavailable, shortMessage(err))
 	}
 	var re *api.ResponseError
 	if errors.As(err, &re) {

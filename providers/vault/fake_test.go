@@ -172,7 +172,9 @@ func (m *memTransit) metadata() (keyMetadata, error) {
 	}
 	md := keyMetadata{Type: "aes256-gcm96", SupportsEncryption: true, Latest: m.latest, MinDecryptionVersion: m.minDec, Created: map[int64]time.Time{}}
 	for v, c := range m.created {
-		md.Created[v] = c
+		if v >= m.minDec { // like transit: archived versions are not listed
+			md.Created[v] = c
+		}
 	}
 	return md, nil
 }

@@ -350,6 +350,14 @@ func (p *Provider) Status(ctx context.Context) (KeyStatus, error) {
 		MinEncryptionVersion: m.MinEncryptionVersion,
 		DeletionAllowed:      m.DeletionAllowed,
 	}
+	// Transit archives versions below min_decryption_version and lists
+	// neither them nor their creation times, so their key_ids are unknown;
+	// versions below min_available_version are gone altogether.
+	for v := max(m.MinAvailableVersion, 1); v < m.MinDecryptionVersion; v++ {
+		if _, listed := m.Created[v]; !listed {
+			st.Versions = append(st.Versions, providers.KeyInfo{Version: v, State: providers.StateRetired})
+		}
+	}
 	for _, v := range m.versions() {
 		state := providers.StateActive
 		switch {
@@ -368,7 +376,8 @@ func (p *Provider) Status(ctx context.Context) (KeyStatus, error) {
 	return st, nil
 }
 
-// Keys lists the key's live versions, oldest first.
+// Keys lists the key's versions, oldest first. Retired versions that
+// transit archived have no KeyID or creation time.
 func (p *Provider) Keys(ctx context.Context) ([]providers.KeyInfo, error) {
 	st, err := p.Status(ctx)
 	if err != nil {
