@@ -88,7 +88,12 @@ func newVaultKeysCmd(cfg *vault.Config) *cobra.Command {
 			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "VERSION\tSTATE\tCREATED\tKEY_ID")
 			for _, i := range st.Versions {
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", i.Version, i.State, i.Created.Format(time.RFC3339), i.KeyID)
+				// Transit does not list versions it archived on retirement.
+				created, id := "-", "- (archived by transit)"
+				if !i.Created.IsZero() {
+					created, id = i.Created.Format(time.RFC3339), i.KeyID
+				}
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", i.Version, i.State, created, id)
 			}
 			return tw.Flush()
 		},
