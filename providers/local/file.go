@@ -62,6 +62,7 @@ func load(path string, anyOwner bool) (*Keyring, fileStamp, error) {
 	if err != nil {
 		return nil, fileStamp{}, fmt.Errorf("read keyring %s: %w", path, err)
 	}
+	defer clear(b) // the file's text holds every key, base64-encoded
 	if len(b) > maxFileSize {
 		return nil, fileStamp{}, fmt.Errorf("keyring %s is larger than %d bytes", path, maxFileSize)
 	}
@@ -158,6 +159,7 @@ func writeAtomic(path string, k *Keyring) (err error) {
 	if err != nil {
 		return err
 	}
+	defer clear(b) // it holds every key, base64-encoded
 	owner := -1
 	group := -1
 	if fi, serr := os.Lstat(path); serr == nil {

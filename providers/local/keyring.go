@@ -286,6 +286,7 @@ func (k *Keyring) checksum() (string, error) {
 		return "", fmt.Errorf("encode keyring: %w", err)
 	}
 	sum := sha256.Sum256(b)
+	clear(b) // the encoding holds every key
 	return "sha256:" + hex.EncodeToString(sum[:]), nil
 }
 

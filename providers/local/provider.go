@@ -10,6 +10,7 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
+	"crypto/sha256"
 	"fmt"
 	"log/slog"
 	"os"
@@ -45,7 +46,7 @@ type loaded struct {
 	primary providers.Key
 	aeads   map[int64]cipher.AEAD // primary and active versions only
 	states  map[int64]providers.KeyState
-	keys    map[int64][32]byte // kept only to detect a changed key on reload
+	keys    map[int64][32]byte // SHA-256 of each key, to detect a changed key on reload without keeping a second copy of the key bytes
 	infos   []providers.KeyInfo
 }
 
@@ -107,7 +108,7 @@ func prepare(k *Keyring) (*loaded, error) {
 	}
 	for _, v := range k.Versions {
 		l.states[v.Version] = v.State
-		l.keys[v.Version] = [32]byte(v.Key)
+		l.keys[v.Version] = sha256.Sum256(v.Key)
 		if v.State == providers.StateRetired {
 			continue
 		}
