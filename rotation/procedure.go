@@ -51,6 +51,13 @@ type Procedure struct {
 	Out io.Writer
 }
 
+// isSinglePhase reports whether b's Add already makes the new version
+// encrypt (Vault), so there is no reload to wait for before promote.
+func isSinglePhase(b Backend) bool {
+	sp, ok := b.(interface{ singlePhase() bool })
+	return ok && sp.singlePhase()
+}
+
 // ErrStopped is returned when StopAfter ended the run early.
 var ErrStopped = errors.New("stopped as asked")
 
@@ -88,6 +95,9 @@ func (p *Procedure) describe(s *State, step Step) string {
 	case StepAdd:
 		return fmt.Sprintf("add a key version after %s to %s, decrypt-only where the backend allows (phase 1)", s.Old.KeyID, p.Backend.Describe())
 	case StepPromote:
+		if isSinglePhase(p.Backend) {
+			return fmt.Sprintf("check that %s is still the backend's current version (it encrypts since add-key)", newID)
+		}
 		return fmt.Sprintf("after %s for every plugin to reload, make %s the encrypting version everywhere (phase 2)", p.ReloadGrace, newID)
 	case StepPlugins:
 		return fmt.Sprintf("wait up to %s until every plugin %v reports key_id %s", p.PluginTimeout, p.Endpoints, newID)
@@ -230,6 +240,12 @@ func (p *Procedure) runStep(ctx context.Context, s *State, step Step, verifiedNo
 		return "new version " + v.KeyID, nil
 
 	case StepPromote:
+		if isSinglePhase(p.Backend) {
+			if err := p.Backend.Promote(ctx, *s.New); err != nil {
+				return "", err
+			}
+			return s.New.KeyID + " encrypts", nil
+		}
 		if wait := time.Until(s.Steps[StepAdd].At.Add(p.ReloadGrace)); wait > 0 {
 			if err := sleepCtx(ctx, wait); err != nil {
 				return "", err

@@ -405,3 +405,56 @@ func testRotateFull(ctx context.Context, t *testing.T, e *rotationEnv) {
 		checkSecretReads(ctx, t, c, e.ns, secretName(i), []byte("v-"+secretName(i)))
 	}
 }
+
+// TestRotateVault runs one kmsctl rotate --retire on the Vault backend:
+// transit rotation, the wait for the plugin and kube-apiserver, migrate,
+// verify, and min_decryption_version raised to the new version.
+func TestRotateVault(t *testing.T) {
+	if cluster.UsesExistingCluster() {
+		t.Skip("needs a local cluster: it runs kms-plugin on a Vault the test starts")
+	}
+	v := startVault(t)
+	c := cluster.Start(t, cluster.Options{
+		Plugins:          []cluster.PluginSpec{v.plugin()},
+		EncryptionConfig: "deploy/encryption-config/vault.yaml",
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	e := &rotationEnv{c: c, kubeconfig: c.Kubeconfig(t), count: 200}
+	e.ns = c.Namespace(t)
+	createBulkSecrets(ctx, t, c, e.ns, e.count)
+	oldKey, err := c.KeyID(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	args := []string{"rotate", "--backend", "vault", "--vault-addr", v.srv.Addr, "--vault-mount", vaultMount,
+		"--vault-key", vaultKey, "--vault-token-file", v.operatorToken,
+		"--plugin-endpoint", c.Endpoint(), "--kubeconfig", e.kubeconfig, "--resources", "secrets",
+		"--state-dir", filepath.Join(t.TempDir(), "rotate"), "--poll-interval", "1s", "--apiserver-timeout", "3m", "--retire"}
+	out, err := v.run(ctx, append(args, c.EtcdFlags()...)...)
+	if err != nil {
+		t.Fatalf("kmsctl rotate --backend vault: %v\n%s", err, out)
+	}
+	t.Logf("kmsctl rotate --backend vault --retire:\n%s", out)
+	newKey, err := c.KeyID(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if newKey == oldKey {
+		t.Fatalf("after kmsctl rotate the plugin still reports %s", oldKey)
+	}
+	if v, ok := e.verify(ctx, t, "--expect-key-id", newKey); !ok || v.Total < int64(e.count) {
+		t.Errorf("verify --expect-key-id %s: exit 0 = %v, %d offenders of %d", newKey, ok, v.OffenderCount, v.Total)
+	}
+	s, err := v.srv.Client(t).Logical().Read(vaultMount + "/keys/" + vaultKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := fmt.Sprint(s.Data["min_decryption_version"]), fmt.Sprint(v.latestVersion(t)); got != want {
+		t.Errorf("min_decryption_version = %s after rotate --retire, want the latest version %s", got, want)
+	}
+	for _, i := range []int{0, e.count - 1} {
+		checkSecretReads(ctx, t, c, e.ns, secretName(i), []byte("v-"+secretName(i)))
+	}
+}
