@@ -294,6 +294,16 @@ func TestIntegrationRetireGivesMappedError(t *testing.T) {
 	if err := p.RetireBelow(callCtx(t), 3); !errors.Is(err, providers.ErrInvalidArgument) {
 		t.Errorf("RetireBelow(3) with latest 2 = %v, want %v", err, providers.ErrInvalidArgument)
 	}
+
+	// Un-retiring (as docs/vault.md describes) brings the version back
+	// with its creation time, hence the same key_id.
+	if _, err := root.Logical().Write("transit/keys/kms/config", map[string]any{"min_decryption_version": 1}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the un-retired version to decrypt again", func() bool {
+		got, err := p.Decrypt(callCtx(t), k1, ct1, nil)
+		return err == nil && string(got) == "old"
+	})
 }
 
 // setupAppRole enables AppRole with a role whose tokens carry policy and
@@ -843,4 +853,35 @@ func TestIntegrationDeployScripts(t *testing.T) {
 	if err := p.RetireBelow(callCtx(t), 1); !errors.Is(err, providers.ErrPermissionDenied) {
 		t.Errorf("RetireBelow() with the deployed plugin policy = %v, want %v", err, providers.ErrPermissionDenied)
 	}
+}
+
+// TestIntegrationAccessRevokedFailsClosed deletes the plugin's policy:
+// Check reports a revocation (after one re-login attempt still denied),
+// and restoring the policy heals the provider without a restart.
+func TestIntegrationAccessRevokedFailsClosed(t *testing.T) {
+	s := devVault(t)
+	roleID, secretID := setupAppRole(t, s, pluginPolicy(t, s, "kms"), time.Hour)
+	cfg := baseConfig(s, "kms")
+	cfg.Auth, cfg.Token, cfg.RoleIDFile, cfg.SecretIDFile = AuthAppRole, "", roleID, secretID
+	cfg.RefreshInterval = time.Hour
+	p := startProvider(t, cfg, nil)
+	k, ct := seal(t, p, []byte("revoked"), nil)
+
+	root := s.Client(t)
+	if err := root.Sys().DeletePolicy("kms-plugin"); err != nil {
+		t.Fatal(err)
+	}
+	err := p.Check(callCtx(t))
+	if !errors.Is(err, providers.ErrPermissionDenied) || !providers.IsRevocation(err) {
+		t.Fatalf("Check() without a policy = %v, want %v (a revocation)", err, providers.ErrPermissionDenied)
+	}
+	if _, err := p.Decrypt(callCtx(t), k, ct, nil); !errors.Is(err, providers.ErrPermissionDenied) {
+		t.Errorf("Decrypt() without a policy = %v, want %v", err, providers.ErrPermissionDenied)
+	}
+
+	pluginPolicy(t, s, "kms")
+	if err := p.Check(callCtx(t)); err != nil {
+		t.Errorf("Check() after restoring the policy = %v", err)
+	}
+	mustOpen(t, p, k, ct, nil, []byte("revoked"))
 }

@@ -78,7 +78,7 @@ func newProvider(ctx context.Context, cfg Config, be backend, env providers.Env,
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	log = log.With("provider", "vault", "vault_key", cfg.Mount+"/"+cfg.Key)
+	log = log.With("vault_key", cfg.Mount+"/"+cfg.Key)
 	if cfg.TLSSkipVerify {
 		log.Warn("DANGER: --vault-tls-skip-verify is set: Vault's certificate is NOT verified, so anyone on the network path " +
 			"can impersonate Vault and read every DEK seed. Use --vault-cacert instead; never run this in production.")
