@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/vault/api"
 
 	"github.com/kms-plugin/kms-plugin/providers"
+	"github.com/kms-plugin/kms-plugin/providers/providertest"
 )
 
 func TestRoundTripBindsAADAndKeyID(t *testing.T) {
@@ -493,4 +494,16 @@ func TestCacheBounds(t *testing.T) {
 	if c.len() != 1 {
 		t.Errorf("len() = %d, want 1", c.len())
 	}
+}
+
+// TestConformanceWithFake runs the shared suite against the provider over
+// the in-memory transit; the integration tests run it against Vault.
+func TestConformanceWithFake(t *testing.T) {
+	providertest.Run(t, func(t *testing.T) providers.Provider {
+		p, err := newProvider(context.Background(), testConfig(t), &fakeBackend{mem: newMemTransit()}, providers.Env{}, time.Now)
+		if err != nil {
+			t.Fatalf("newProvider: %v", err)
+		}
+		return p
+	})
 }
