@@ -158,6 +158,16 @@ func (p *Provider) Encrypt(ctx context.Context, key providers.Key, plaintext, aa
 	if err != nil {
 		return nil, fmt.Errorf("encrypt with key %s: bad key reference: %w", key.ID, providers.ErrInvalidArgument)
 	}
+	p.mu.RLock()
+	unusable := p.metaErr
+	p.mu.RUnlock()
+	if unusable != nil {
+		// The key was found deleted (or access revoked). Asking transit
+		// anyway could, with a policy that grants "create", silently
+		// recreate the key and wrap a DEK under a key_id that no longer
+		// names it.
+		return nil, fmt.Errorf("encrypt with key %s: %w", key.ID, unusable)
+	}
 	if id, ok := p.idFor(v); !ok || id != key.ID {
 		return nil, fmt.Errorf("encrypt with key %s: not version %d of this transit key: %w", key.ID, v, providers.ErrInvalidArgument)
 	}

@@ -507,3 +507,22 @@ func TestConformanceWithFake(t *testing.T) {
 		return p
 	})
 }
+
+func TestEncryptRefusedOnceKeyIsKnownDeleted(t *testing.T) {
+	fb := &fakeBackend{}
+	p := newTestProvider(t, testConfig(t), fb)
+	key, _ := p.Current()
+	fb.mem.mu.Lock()
+	fb.mem.deleted = true
+	fb.mem.mu.Unlock()
+	if err := p.Check(context.Background()); !errors.Is(err, providers.ErrKeyNotFound) {
+		t.Fatalf("Check() after deletion = %v, want %v", err, providers.ErrKeyNotFound)
+	}
+	before := fb.calls("encrypt")
+	if _, err := p.Encrypt(context.Background(), key, []byte("x"), nil); !errors.Is(err, providers.ErrKeyNotFound) {
+		t.Errorf("Encrypt() after deletion = %v, want %v", err, providers.ErrKeyNotFound)
+	}
+	if n := fb.calls("encrypt") - before; n != 0 {
+		t.Errorf("Encrypt() after deletion made %d Vault calls, want 0 (transit could recreate the key)", n)
+	}
+}
