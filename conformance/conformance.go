@@ -327,7 +327,7 @@ func oneLine(err error) error {
 func (r *run) checkStatus(ctx context.Context) (string, error) {
 	st, err := r.status(ctx)
 	if err != nil {
-		return "", fmt.Errorf("Status failed: %s", describe(err))
+		return "", fmt.Errorf("calling Status: %s", describe(err))
 	}
 	var errs []error
 	if st.GetVersion() != apiVersion {
@@ -359,7 +359,7 @@ func (r *run) checkKeyIDStable(ctx context.Context) (string, error) {
 		}
 		st, err := r.status(ctx)
 		if err != nil {
-			return "", fmt.Errorf("poll %d: Status failed: %s", i+1, describe(err))
+			return "", fmt.Errorf("poll %d: calling Status: %s", i+1, describe(err))
 		}
 		if st.GetVersion() != apiVersion {
 			return "", fmt.Errorf("poll %d: version changed to %q", i+1, st.GetVersion())
@@ -379,7 +379,7 @@ func (r *run) checkEncryptLimits(ctx context.Context) (string, error) {
 	r.seed = randomBytes(SeedLen)
 	resp, err := r.encrypt(ctx, r.seed)
 	if err != nil {
-		return "", fmt.Errorf("Encrypt(32-byte seed) failed: %s", describe(err))
+		return "", fmt.Errorf("calling Encrypt(32-byte seed): %s", describe(err))
 	}
 	if err := validEncryptResponse(resp); err != nil {
 		return "", oneLine(err)
@@ -397,20 +397,20 @@ func (r *run) checkEncryptKeyID(ctx context.Context) (string, error) {
 	before := r.statusKeyID
 	resp, err := r.encrypt(ctx, randomBytes(SeedLen))
 	if err != nil {
-		return "", fmt.Errorf("Encrypt failed: %s", describe(err))
+		return "", fmt.Errorf("calling Encrypt: %s", describe(err))
 	}
 	st, err := r.status(ctx)
 	if err != nil {
-		return "", fmt.Errorf("Status failed: %s", describe(err))
+		return "", fmt.Errorf("calling Status: %s", describe(err))
 	}
 	after := st.GetKeyId()
 	switch {
 	case r.ref.GetKeyId() == before && resp.GetKeyId() == after:
 		return fmt.Sprintf("Encrypt and Status agree on %q", after), nil
 	case before != after:
-		return "", fmt.Errorf("Status' key_id changed from %q to %q during the check; re-run it outside a rotation", before, after)
+		return "", fmt.Errorf("key_id of Status changed from %q to %q during the check; re-run it outside a rotation", before, after)
 	default:
-		return "", fmt.Errorf("Encrypt returned key_id %q, Status says %q: the apiserver discards such a result and marks the plugin unhealthy", resp.GetKeyId(), after)
+		return "", fmt.Errorf("key_id from Encrypt is %q, from Status %q: the apiserver discards such a result and marks the plugin unhealthy", resp.GetKeyId(), after)
 	}
 }
 
@@ -431,17 +431,17 @@ func (r *run) checkAnnotations(context.Context) (string, error) {
 func (r *run) roundTrip(ctx context.Context, pt []byte) error {
 	enc, err := r.encrypt(ctx, pt)
 	if err != nil {
-		return fmt.Errorf("Encrypt(%d bytes) failed: %s", len(pt), describe(err))
+		return fmt.Errorf("calling Encrypt(%d bytes): %s", len(pt), describe(err))
 	}
 	if err := validEncryptResponse(enc); err != nil {
-		return fmt.Errorf("Encrypt(%d bytes): %w", len(pt), oneLine(err))
+		return fmt.Errorf("reply of Encrypt(%d bytes): %w", len(pt), oneLine(err))
 	}
 	dec, err := r.decrypt(ctx, enc.GetCiphertext(), enc.GetKeyId(), enc.GetAnnotations())
 	if err != nil {
-		return fmt.Errorf("Decrypt of a %d-byte plaintext failed: %s", len(pt), describe(err))
+		return fmt.Errorf("calling Decrypt of a %d-byte plaintext: %s", len(pt), describe(err))
 	}
 	if !bytes.Equal(dec.GetPlaintext(), pt) {
-		return fmt.Errorf("Decrypt of a %d-byte plaintext returned %d different bytes", len(pt), len(dec.GetPlaintext()))
+		return fmt.Errorf("decrypting a %d-byte plaintext returned %d different bytes", len(pt), len(dec.GetPlaintext()))
 	}
 	return nil
 }
@@ -452,10 +452,10 @@ func (r *run) checkRoundTripSeed(ctx context.Context) (string, error) {
 	}
 	dec, err := r.decrypt(ctx, r.ref.GetCiphertext(), r.ref.GetKeyId(), r.ref.GetAnnotations())
 	if err != nil {
-		return "", fmt.Errorf("Decrypt failed: %s", describe(err))
+		return "", fmt.Errorf("calling Decrypt: %s", describe(err))
 	}
 	if !bytes.Equal(dec.GetPlaintext(), r.seed) {
-		return "", fmt.Errorf("Decrypt returned %d bytes that are not the seed", len(dec.GetPlaintext()))
+		return "", fmt.Errorf("decrypting returned %d bytes that are not the seed", len(dec.GetPlaintext()))
 	}
 	return "32-byte seed decrypts to itself", nil
 }
@@ -487,10 +487,10 @@ func (r *run) checkDistinct(ctx context.Context) (string, error) {
 	for i := 1; i <= n; i++ {
 		resp, err := r.encrypt(ctx, r.seed)
 		if err != nil {
-			return "", fmt.Errorf("Encrypt failed: %s", describe(err))
+			return "", fmt.Errorf("calling Encrypt: %s", describe(err))
 		}
 		if j, dup := seen[string(resp.GetCiphertext())]; dup {
-			return "", fmt.Errorf("Encrypt %d and %d of the same plaintext returned the same ciphertext: encryption must be randomized", j, i)
+			return "", fmt.Errorf("encryptions %d and %d of the same plaintext returned the same ciphertext: encryption must be randomized", j, i)
 		}
 		seen[string(resp.GetCiphertext())] = i
 	}
@@ -693,7 +693,7 @@ func (r *run) checkConcurrent(ctx context.Context) (string, error) {
 					d = time.Since(t0)
 				}
 				if err == nil && !bytes.Equal(dec.GetPlaintext(), pt) {
-					err = errors.New("Decrypt returned a different plaintext")
+					err = errors.New("decrypting returned a different plaintext")
 				}
 				mu.Lock()
 				if err != nil {
@@ -723,11 +723,11 @@ func (r *run) checkConcurrent(ctx context.Context) (string, error) {
 func (r *run) checkHealthAfterAbuse(ctx context.Context) (string, error) {
 	st, err := r.status(ctx)
 	if err != nil {
-		return "", fmt.Errorf("Status failed: %s", describe(err))
+		return "", fmt.Errorf("calling Status: %s", describe(err))
 	}
 	var errs []error
 	if st.GetVersion() != apiVersion || st.GetHealthz() != healthzOK {
-		errs = append(errs, fmt.Errorf("Status is version %q, healthz %q; want %q, %q", st.GetVersion(), st.GetHealthz(), apiVersion, healthzOK))
+		errs = append(errs, fmt.Errorf("status is version %q, healthz %q; want %q, %q", st.GetVersion(), st.GetHealthz(), apiVersion, healthzOK))
 	}
 	if r.statusKeyID != "" && st.GetKeyId() != r.statusKeyID {
 		errs = append(errs, fmt.Errorf("key_id changed from %q to %q", r.statusKeyID, st.GetKeyId()))

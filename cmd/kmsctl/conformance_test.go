@@ -51,7 +51,12 @@ func serveLocal(t *testing.T) string {
 		done <- kms.Serve(ctx, kms.Config{Endpoint: ep, HealthInterval: time.Second, HealthTimeout: time.Second, ShutdownTimeout: time.Second, ProviderName: "local"},
 			p, nil, prometheus.NewRegistry(), func() { close(ready) })
 	}()
-	t.Cleanup(func() { cancel(); <-done })
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("kms.Serve() = %v", err)
+		}
+	})
 	select {
 	case <-ready:
 	case err := <-done:

@@ -59,7 +59,7 @@ func (s *secrets) add(label string, b []byte) {
 		"base64raw": base64.RawStdEncoding.EncodeToString(b),
 		"base64url": base64.RawURLEncoding.EncodeToString(b),
 		"quoted":    strings.Trim(fmt.Sprintf("%q", b), `"`),
-		"bytes":     fmt.Sprint(b), // what %v of a []byte prints
+		"bytes":     fmt.Sprintf("%d", b), // what %v of a []byte prints
 	} {
 		if len(form) >= 12 {
 			s.forms[form] = label + " (" + name + ")"
@@ -324,7 +324,7 @@ func sortedKeys[V any](m map[string]V) []string {
 // recorded form is found.
 func TestSecretsCheckerFindsLeaks(t *testing.T) {
 	key := randomSecret(32)
-	for _, form := range []string{string(key), hex.EncodeToString(key), base64.StdEncoding.EncodeToString(key), fmt.Sprint(key), fmt.Sprintf("%q", key)} {
+	for _, form := range []string{string(key), hex.EncodeToString(key), base64.StdEncoding.EncodeToString(key), fmt.Sprintf("%v", key), fmt.Sprintf("%q", key)} {
 		sec := &secrets{}
 		sec.add("key", key)
 		sec.seen("log", "level=debug msg=x value="+form)
