@@ -103,7 +103,9 @@ func classifyEncrypted(rest []byte) Class {
 		}
 		return c
 	}
-	return Class{Type: Unknown, Problem: fmt.Sprintf("unknown encryption prefix %q", strings.Join(fields[:], ":")+":")}
+	// Quote only the head: the fields run to the first colons, so a damaged
+	// value could make them as long as the value itself.
+	return Class{Type: Unknown, Problem: fmt.Sprintf("unknown encryption prefix %q", head([]byte(strings.Join(fields[:], ":")+":")))}
 }
 
 func head(b []byte) []byte {
