@@ -17,6 +17,19 @@ import (
 	"testing"
 )
 
+// toolsCache is where test/tools/build.sh caches the servers, fixed when
+// the package loads so that a test that changes HOME does not trigger a
+// cold rebuild into a temporary home.
+var toolsCache = func() string {
+	if d := os.Getenv("KMS_PLUGIN_TOOLS_CACHE"); d != "" {
+		return d
+	}
+	if d, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(d, "kms-plugin", "tools")
+	}
+	return ""
+}()
+
 var (
 	mu      sync.Mutex
 	tmpDir  string
@@ -80,6 +93,9 @@ func Tool(t testing.TB, tool, binary string) string {
 		var stdout, stderr bytes.Buffer
 		cmd := exec.Command("bash", filepath.Join(RepoRoot(), "test", "tools", "build.sh"), tool)
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if toolsCache != "" {
+			cmd.Env = append(os.Environ(), "KMS_PLUGIN_TOOLS_CACHE="+toolsCache)
+		}
 		if err := cmd.Run(); err != nil {
 			t.Fatalf("build %s: %v\n%s", tool, err, stderr.String())
 		}
