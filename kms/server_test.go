@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	kmsapi "k8s.io/kms/apis/v2"
@@ -54,16 +55,10 @@ func newLocalServer(t testing.TB) (*Server, *local.Provider, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "keyring.json")
 	k, err := local.New(time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := local.Create(path, k); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err, "local.New")
+	require.NoError(t, local.Create(path, k), "local.Create")
 	p, err := local.Open(path, 0, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err, "local.Open")
 	t.Cleanup(func() { _ = p.Close() })
 	return newServer(t, p), p, path
 }
@@ -85,12 +80,10 @@ func TestEncryptDecryptRoundTrip(t *testing.T) {
 	s, _, _ := newLocalServer(t)
 	ctx := context.Background()
 	st, err := s.Status(ctx, &kmsapi.StatusRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st.Version != "v2" || st.Healthz != "ok" || st.KeyId == "" {
-		t.Fatalf("Status() = %+v, want v2, ok and a key_id", st)
-	}
+	require.NoError(t, err, "Status()")
+	require.Equal(t, "v2", st.Version, "Status().Version")
+	require.Equal(t, "ok", st.Healthz, "Status().Healthz")
+	require.NotEmpty(t, st.KeyId, "Status().KeyId")
 	seed := bytes.Repeat([]byte{0x42}, 32)
 	enc, err := s.Encrypt(ctx, &kmsapi.EncryptRequest{Plaintext: seed, Uid: "u1"})
 	if err != nil {
