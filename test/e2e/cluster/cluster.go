@@ -274,10 +274,6 @@ func (p *Plugin) Start(ctx context.Context) error {
 	})
 }
 
-func (c *Cluster) runKmsctl(ctx context.Context, args ...string) ([]byte, error) {
-	return runKmsctl(ctx, c.kmsctl, args...)
-}
-
 // runKmsctl runs kmsctl (the argv prefix kmsctl) with args and returns its
 // standard output.
 func runKmsctl(ctx context.Context, kmsctl []string, args ...string) ([]byte, error) {
