@@ -24,6 +24,13 @@ type Metrics struct {
 	degraded        prometheus.Gauge
 	currentKey      *prometheus.GaugeVec
 	lastKeyID       string
+
+	// The series of successful calls, resolved once: looking a series up
+	// by label values hashes them on every call, which was half of what
+	// the service added to a call's CPU time. Read-only after NewMetrics.
+	okRequests   map[string]prometheus.Counter
+	latencyOf    map[string]prometheus.Observer
+	okProviderOf map[string]prometheus.Observer
 }
 
 // NewMetrics registers the service's collectors, with the Go runtime,
@@ -59,6 +66,16 @@ func NewMetrics(reg prometheus.Registerer, provider string) *Metrics {
 			Help: "The key_id that Encrypt uses now (value is always 1).",
 		}, []string{"key_id"}),
 	}
+	m.okRequests = map[string]prometheus.Counter{}
+	m.latencyOf = map[string]prometheus.Observer{}
+	for _, method := range []string{"Status", "Encrypt", "Decrypt"} {
+		m.okRequests[method] = m.requests.WithLabelValues(method, codes.OK.String())
+		m.latencyOf[method] = m.latency.WithLabelValues(method)
+	}
+	m.okProviderOf = map[string]prometheus.Observer{}
+	for _, op := range []string{"encrypt", "decrypt", "check"} {
+		m.okProviderOf[op] = m.providerLatency.WithLabelValues(op, "OK")
+	}
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "kms_plugin_build_info",
 		Help:        "Build information (value is always 1).",
@@ -75,11 +92,16 @@ func (m *Metrics) observeProvider(op string, start time.Time, err error) {
 	if m == nil {
 		return
 	}
+	d := time.Since(start).Seconds()
+	if o, ok := m.okProviderOf[op]; ok && err == nil {
+		o.Observe(d)
+		return
+	}
 	outcome := "OK"
 	if err != nil {
 		outcome = codeOf(err).String()
 	}
-	m.providerLatency.WithLabelValues(op, outcome).Observe(time.Since(start).Seconds())
+	m.providerLatency.WithLabelValues(op, outcome).Observe(d)
 }
 
 // setHealth records a probe's verdict and the current key. Only the health
@@ -109,8 +131,17 @@ func (m *Metrics) observeRequest(method string, start time.Time, err error) {
 	if m == nil {
 		return
 	}
-	m.requests.WithLabelValues(method, status.Code(err).String()).Inc()
-	m.latency.WithLabelValues(method).Observe(time.Since(start).Seconds())
+	d := time.Since(start).Seconds()
+	if c, ok := m.okRequests[method]; ok && err == nil {
+		c.Inc()
+	} else {
+		m.requests.WithLabelValues(method, status.Code(err).String()).Inc()
+	}
+	if o, ok := m.latencyOf[method]; ok {
+		o.Observe(d)
+	} else {
+		m.latency.WithLabelValues(method).Observe(d)
+	}
 }
 
 // unaryInterceptor records metrics, logs each call at debug level (never
