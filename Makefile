@@ -5,12 +5,17 @@ LDFLAGS := -s -w -X github.com/kms-plugin/kms-plugin/kms.Version=$(VERSION)
 BIN     := bin
 # Linters are installed from the Go module proxy into a cache outside the repo.
 TOOLS   := $(or $(KMS_PLUGIN_TOOLS_CACHE),$(HOME)/.cache/kms-plugin/tools)
-STATICCHECK_VERSION := v0.8.2
-STATICCHECK := $(TOOLS)/staticcheck-$(STATICCHECK_VERSION)/staticcheck
+GOLANGCI_LINT_VERSION := v2.15.0
+GOLANGCI_LINT := $(TOOLS)/golangci-lint-$(GOLANGCI_LINT_VERSION)/golangci-lint
+CYCLONEDX_GOMOD_VERSION := v1.10.0
+CYCLONEDX_GOMOD := $(TOOLS)/cyclonedx-gomod-$(CYCLONEDX_GOMOD_VERSION)/cyclonedx-gomod
 GO_TEST ?= go test
 FUZZTIME ?= 30s
+SOAK_DURATION ?= 2m
+# Build tags that select tests against real servers; lint and vet see them all.
+TAGS := integration e2e soak bench
 
-.PHONY: help run build test unit servers integration e2e lint fmt vet staticcheck fuzz bench clean
+.PHONY: help run build test unit servers integration e2e soak lint fmt vet golangci-lint fuzz bench sbom clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -29,34 +34,49 @@ unit: ## unit tests and plugin-binary tests, with the race detector
 servers: ## build etcd, kube-apiserver and Vault from the module proxy (cached by version)
 	bash test/tools/build.sh all
 
-integration: ## tests against a real Vault server
-	$(GO_TEST) -tags integration -count=1 -timeout 30m ./providers/vault/... ./cmd/...
+integration: ## tests against a real Vault server (provider, kmsctl, conformance, leaks, faults)
+	$(GO_TEST) -tags integration -count=1 -timeout 30m ./providers/vault/... ./cmd/... ./conformance/... ./test/leak/ ./test/faults/
 
 e2e: ## end-to-end tests on a real etcd + kube-apiserver + kms-plugin
 	$(GO_TEST) -tags e2e -count=1 -timeout 45m ./test/e2e/...
 
-lint: fmt vet staticcheck ## gofmt, go vet, staticcheck
+soak: ## about SOAK_DURATION at concurrency 64 with a keyring rotation every 20 s
+	KMS_PLUGIN_SOAK_DURATION=$(SOAK_DURATION) $(GO_TEST) -tags soak -count=1 -timeout 10m -v ./test/soak/
+
+lint: fmt vet golangci-lint ## gofmt, go vet, golangci-lint (staticcheck, gosec, errorlint, revive)
 
 fmt:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 vet:
 	go vet ./...
-	go vet -tags integration ./...
-	go vet -tags e2e ./...
+	@for tag in $(TAGS); do echo "go vet -tags $$tag ./..."; go vet -tags $$tag ./... || exit 1; done
 
-staticcheck: $(STATICCHECK)
-	$(STATICCHECK) ./...
-	$(STATICCHECK) -tags integration ./...
-	$(STATICCHECK) -tags e2e ./...
+golangci-lint: $(GOLANGCI_LINT)
+	$(GOLANGCI_LINT) run ./...
 
-$(STATICCHECK):
-	GOBIN=$(dir $@) go install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+$(GOLANGCI_LINT):
+	GOBIN=$(dir $@) go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+
+# Each fuzz target: package and name.
+FUZZ_TARGETS := \
+	kms:FuzzDecrypt kms:FuzzParseEnvelope providers/local:FuzzParse \
+	providers/vault:FuzzVaultHTTPResponse providers/vault:FuzzClassifyResponse \
+	providers/vault:FuzzTransitCiphertext providers/vault:FuzzParseRef providers/vault:FuzzParseKeyMetadata \
+	rotation/audit:FuzzClassify rotation/audit:FuzzClassifyKMSv2
 
 fuzz: ## run each fuzz target for FUZZTIME (default 30s)
-	go test ./kms/ -run '^$$' -fuzz '^FuzzDecrypt$$' -fuzztime $(FUZZTIME)
-	go test ./kms/ -run '^$$' -fuzz '^FuzzParseEnvelope$$' -fuzztime $(FUZZTIME)
-	go test ./providers/local/ -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
+	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; name=$${t#*:}; \
+	  echo "go test ./$$pkg/ -fuzz $$name -fuzztime $(FUZZTIME)"; \
+	  go test ./$$pkg/ -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) || exit 1; done
+
+sbom: $(CYCLONEDX_GOMOD) ## CycloneDX SBOMs of the release binaries into bin/
+	mkdir -p $(BIN)
+	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(CYCLONEDX_GOMOD) app -json -licenses -main cmd/kms-plugin -output $(BIN)/kms-plugin.cdx.json .
+	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(CYCLONEDX_GOMOD) app -json -licenses -main cmd/kmsctl -output $(BIN)/kmsctl.cdx.json .
+
+$(CYCLONEDX_GOMOD):
+	GOBIN=$(dir $@) go install github.com/CycloneDX/cyclonedx-gomod/cmd/cyclonedx-gomod@$(CYCLONEDX_GOMOD_VERSION)
 
 bench: ## go benchmarks: the service against a no-op floor in the same run
 	go test ./kms/ -run '^$$' -bench . -benchmem -count 3

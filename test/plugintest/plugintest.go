@@ -86,15 +86,26 @@ func SocketDir(t testing.TB) string {
 // killed when the test ends; its logs are printed if the test failed.
 func Start(t testing.TB, args ...string) *Plugin {
 	t.Helper()
+	p, err := Launch(t, "unix://"+filepath.Join(SocketDir(t), "kms.sock"), args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// Launch is Start on a given endpoint that returns an error, with the
+// plugin's logs, when the plugin exits or does not serve within 30 s: the
+// way to test that it refuses to start.
+func Launch(t testing.TB, endpoint string, args ...string) (*Plugin, error) {
+	t.Helper()
 	bin := testbin.Build(t, "./cmd/kms-plugin")
-	endpoint := "unix://" + filepath.Join(SocketDir(t), "kms.sock")
 	args = append([]string{"--listen", endpoint, "--health-addr", "127.0.0.1:0", "--log-format", "json", "--log-level", "debug", "--health-interval", "200ms"}, args...)
 	cmd := exec.Command(bin, args...)
 	pr, pw := io.Pipe()
 	p := &Plugin{Endpoint: endpoint, Logs: &Buffer{}, cmd: cmd, exited: make(chan struct{})}
 	cmd.Stderr = io.MultiWriter(pw, p.Logs)
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("start kms-plugin: %v", err)
+		return nil, fmt.Errorf("start kms-plugin: %w", err)
 	}
 	go func() { p.err = cmd.Wait(); _ = pw.Close(); close(p.exited) }()
 	t.Cleanup(func() {
@@ -129,17 +140,26 @@ func Start(t testing.TB, args ...string) *Plugin {
 	select {
 	case p.HealthAddr = <-ready:
 	case <-p.exited:
-		t.Fatalf("kms-plugin exited before serving: %v\n%s", p.err, p.Logs.String())
+		return nil, fmt.Errorf("kms-plugin exited before serving: %v\n%s", p.err, p.Logs.String())
 	case <-time.After(30 * time.Second):
-		t.Fatalf("kms-plugin did not serve within 30s\n%s", p.Logs.String())
+		return nil, fmt.Errorf("kms-plugin did not serve within 30s\n%s", p.Logs.String())
 	}
 	client, conn, err := kms.Dial(endpoint)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	t.Cleanup(func() { _ = conn.Close() })
 	p.Client, p.conn = client, conn
-	return p
+	return p, nil
+}
+
+// Exited is closed when the process has exited; Err then returns how.
+func (p *Plugin) Exited() <-chan struct{} { return p.exited }
+
+// Err is the process's exit error once Exited is closed (nil for exit 0).
+func (p *Plugin) Err() error {
+	<-p.exited
+	return p.err
 }
 
 // PID is the plugin's process id.
