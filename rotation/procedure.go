@@ -252,8 +252,12 @@ func (p *Procedure) runStep(ctx context.Context, s *State, step Step, verifiedNo
 			}
 		}
 		for _, ep := range p.Endpoints {
-			if _, healthy, err := p.PluginStatus(ctx, ep); err != nil || !healthy {
-				return "", fmt.Errorf("plugin %s is not healthy (%v): refusing to promote a key it may not have loaded", ep, err)
+			_, healthy, err := p.PluginStatus(ctx, ep)
+			if err != nil {
+				return "", fmt.Errorf("plugin %s: refusing to promote a key it may not have loaded: %w", ep, err)
+			}
+			if !healthy {
+				return "", fmt.Errorf("plugin %s is not healthy: refusing to promote a key it may not have loaded", ep)
 			}
 		}
 		if err := p.Backend.Promote(ctx, *s.New); err != nil {
