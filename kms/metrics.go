@@ -161,6 +161,7 @@ func unaryInterceptor(log *slog.Logger, m *Metrics) grpc.UnaryServerInterceptor 
 			}
 			m.observeRequest(method, start, err)
 			logCall(ctx, log, method, req, resp, err, time.Since(start))
+			clearRequest(req)
 		}()
 		return handler(ctx, req)
 	}

@@ -89,7 +89,10 @@ func Serve(ctx context.Context, cfg Config, provider providers.Provider, log *sl
 // NewGRPCServer returns a gRPC server that serves s with the service's
 // interceptor (metrics, call logs, code mapping, panic recovery).
 func NewGRPCServer(s *Server) *grpc.Server {
-	srv := grpc.NewServer(grpc.UnaryInterceptor(unaryInterceptor(s.log, s.metrics)))
+	srv := grpc.NewServer(
+		grpc.UnaryInterceptor(unaryInterceptor(s.log, s.metrics)),
+		grpc.ForceServerCodecV2(newZeroingCodec()),
+	)
 	kmsapi.RegisterKeyManagementServiceServer(srv, s)
 	return srv
 }

@@ -3,12 +3,14 @@ package kms
 import (
 	"bytes"
 	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
 	kmsapi "k8s.io/kms/apis/v2"
 
 	"github.com/kms-plugin/kms-plugin/providers"
@@ -79,5 +81,41 @@ func TestServeFinishesInFlightCallsOnShutdown(t *testing.T) {
 	}
 	if _, err := os.Stat(sock); !os.IsNotExist(err) {
 		t.Errorf("socket left after shutdown: %v", err)
+	}
+}
+
+// TestDEKBuffersCleared checks that the service clears the plaintext of an
+// Encrypt request once the call is done, and a Decrypt reply's plaintext
+// once it is serialised, while the caller still gets the right bytes.
+func TestDEKBuffersCleared(t *testing.T) {
+	s, _, _ := newLocalServer(t)
+	seed := bytes.Repeat([]byte{0x42}, 32)
+	req := &kmsapi.EncryptRequest{Plaintext: bytes.Clone(seed)}
+	intercept := unaryInterceptor(slog.New(slog.DiscardHandler), nil)
+	resp, err := intercept(context.Background(), req, &grpc.UnaryServerInfo{FullMethod: "/v2.KeyManagementService/Encrypt"},
+		func(ctx context.Context, r any) (any, error) { return s.Encrypt(ctx, r.(*kmsapi.EncryptRequest)) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(req.Plaintext, make([]byte, 32)) {
+		t.Errorf("Encrypt request plaintext after the call = %x, want zeros", req.Plaintext)
+	}
+	enc := resp.(*kmsapi.EncryptResponse)
+	dec, err := s.Decrypt(context.Background(), &kmsapi.DecryptRequest{Ciphertext: enc.Ciphertext, KeyId: enc.KeyId})
+	if err != nil || !bytes.Equal(dec.Plaintext, seed) {
+		t.Fatalf("Decrypt = %x, %v; want the seed", dec.GetPlaintext(), err)
+	}
+
+	codec := newZeroingCodec()
+	wire, err := codec.Marshal(dec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(dec.Plaintext, make([]byte, 32)) {
+		t.Errorf("Decrypt reply plaintext after Marshal = %x, want zeros", dec.Plaintext)
+	}
+	var got kmsapi.DecryptResponse
+	if err := codec.Unmarshal(wire, &got); err != nil || !bytes.Equal(got.Plaintext, seed) {
+		t.Errorf("the serialised reply = %x, %v; want the seed", got.Plaintext, err)
 	}
 }

@@ -90,6 +90,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if err := hardenProcess(); err != nil {
+		return err
+	}
 	if o.dev {
 		if err := setUpDev(fs, &o, localFactory, log); err != nil {
 			return err
