@@ -342,3 +342,20 @@ func TestDeployedPoliciesMatch(t *testing.T) {
 		}
 	}
 }
+
+func TestIsPlainHTTP(t *testing.T) {
+	for addr, want := range map[string]bool{
+		"http://vault.example:8200":  true,
+		"HTTP://10.0.0.5:8200":       true,
+		"https://vault.example:8200": false,
+		"http://127.0.0.1:8200":      false,
+		"http://[::1]:8200":          false,
+		"http://localhost:8200":      false,
+		"unix:///var/run/vault.sock": false,
+		"":                           false,
+	} {
+		if got := isPlainHTTP(addr); got != want {
+			t.Errorf("isPlainHTTP(%q) = %v, want %v", addr, got, want)
+		}
+	}
+}

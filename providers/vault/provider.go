@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -82,6 +84,10 @@ func newProvider(ctx context.Context, cfg Config, be backend, env providers.Env,
 	if cfg.TLSSkipVerify {
 		log.Warn("DANGER: --vault-tls-skip-verify is set: Vault's certificate is NOT verified, so anyone on the network path " +
 			"can impersonate Vault and read every DEK seed. Use --vault-cacert instead; never run this in production.")
+	}
+	if isPlainHTTP(cfg.Addr) {
+		log.Warn("DANGER: --vault-addr uses plain http: the Vault token and every DEK seed cross the network unencrypted. "+
+			"Use https:// in production.", "vault_addr", cfg.Addr)
 	}
 	method, err := newAuthMethod(&cfg)
 	if err != nil {
@@ -551,4 +557,17 @@ func (p *Provider) keyVersion() float64 {
 		return 0
 	}
 	return float64(p.meta.Latest)
+}
+
+// isPlainHTTP reports whether addr is an http:// URL to a host other than
+// the loopback interface (where a local Vault agent may listen safely).
+func isPlainHTTP(addr string) bool {
+	u, err := url.Parse(addr)
+	if err != nil || !strings.EqualFold(u.Scheme, "http") {
+		return false
+	}
+	if ip := net.ParseIP(u.Hostname()); ip != nil && ip.IsLoopback() {
+		return false
+	}
+	return u.Hostname() != "localhost"
 }
