@@ -63,6 +63,14 @@ node encrypts with it.`,
 		keyringVersionChange(&path, "promote", "Make a version primary (phase 2 of an HA rotation)", (*local.Keyring).Promote),
 		keyringVersionChange(&path, "retire", "Retire a version: it no longer decrypts (refuses the primary)", (*local.Keyring).Retire),
 		keyringVersionChange(&path, "reactivate", "Make a retired version decrypt again (undoes retire)", (*local.Keyring).Reactivate),
+		keyringChangeWithVersion(&path, "prune", "Delete a retired version's key for good (cannot be undone)",
+			func(k *local.Keyring, v int64) (string, error) {
+				id := k.KeyID(v)
+				if err := k.Prune(v); err != nil {
+					return "", err
+				}
+				return fmt.Sprintf("%s: version %d deleted; copies of the keyring made earlier still hold it", id, v), nil
+			}),
 		newKeyringListCmd(&path),
 	)
 	return cmd
@@ -91,15 +99,21 @@ func keyringChange(path *string, use, short string, change func(*local.Keyring) 
 	}
 }
 
-// keyringVersionChange builds a command that applies change to one version.
+// keyringVersionChange builds a command that changes one version's state.
 func keyringVersionChange(path *string, use, short string, change func(*local.Keyring, int64) error) *cobra.Command {
-	var version int64
-	cmd := keyringChange(path, use, short, func(k *local.Keyring) (string, error) {
-		if err := change(k, version); err != nil {
+	return keyringChangeWithVersion(path, use, short, func(k *local.Keyring, v int64) (string, error) {
+		if err := change(k, v); err != nil {
 			return "", err
 		}
-		return fmt.Sprintf("%s: version %d is now %s", k.KeyID(version), version, k.Find(version).State), nil
+		return fmt.Sprintf("%s: version %d is now %s", k.KeyID(v), v, k.Find(v).State), nil
 	})
+}
+
+// keyringChangeWithVersion builds a command with a required --version that
+// applies change to the keyring file and prints what change returns.
+func keyringChangeWithVersion(path *string, use, short string, change func(*local.Keyring, int64) (string, error)) *cobra.Command {
+	var version int64
+	cmd := keyringChange(path, use, short, func(k *local.Keyring) (string, error) { return change(k, version) })
 	cmd.Flags().Int64Var(&version, "version", 0, "key version (required)")
 	_ = cmd.MarkFlagRequired("version")
 	return cmd

@@ -65,6 +65,9 @@ func TestKeyringCommands(t *testing.T) {
 	if _, err = kmsctl("keyring", "retire", "--keyring", path, "--version", "1"); err != nil {
 		t.Fatalf("keyring retire 1 again = %v", err)
 	}
+	if _, err = kmsctl("keyring", "prune", "--keyring", path, "--version", "2"); err == nil || !strings.Contains(err.Error(), "retire it first") {
+		t.Errorf("pruning an active version = %v, want a refusal", err)
+	}
 
 	out, err = kmsctl("keyring", "list", "--keyring", path, "-o", "json")
 	if err != nil {
@@ -84,6 +87,12 @@ func TestKeyringCommands(t *testing.T) {
 		}
 	}
 	raw, _ := os.ReadFile(path)
+	if out, err = kmsctl("keyring", "prune", "--keyring", path, "--version", "1"); err != nil || !strings.Contains(out, "deleted") {
+		t.Fatalf("keyring prune 1 = %q, %v", out, err)
+	}
+	if out, _ = kmsctl("keyring", "list", "--keyring", path, "-o", "json"); strings.Contains(out, `"version": 1,`) {
+		t.Errorf("version 1 still listed after prune:\n%s", out)
+	}
 	var file struct {
 		Versions []struct {
 			Key string `json:"key"`

@@ -209,6 +209,23 @@ func (k *Keyring) Reactivate(v int64) error {
 	return nil
 }
 
+// Prune deletes a retired version, key bytes and all, so that no copy of
+// the keyring made from now on can decrypt what it protected. It refuses a
+// version that is not retired: retire first, and prune only once nothing
+// needs it (kmsctl verify) and backups made before are handled.
+func (k *Keyring) Prune(v int64) error {
+	t := k.Find(v)
+	switch {
+	case t == nil:
+		return fmt.Errorf("prune version %d: %w", v, providers.ErrKeyNotFound)
+	case t.State != providers.StateRetired:
+		return fmt.Errorf("prune version %d: it is %s; retire it first: %w", v, t.State, providers.ErrInvalidArgument)
+	}
+	clear(t.Key)
+	k.Versions = slices.DeleteFunc(k.Versions, func(x Version) bool { return x.Version == v })
+	return nil
+}
+
 // Infos lists the versions without key bytes.
 func (k *Keyring) Infos() []providers.KeyInfo {
 	out := make([]providers.KeyInfo, 0, len(k.Versions))

@@ -353,3 +353,37 @@ func TestUpdateKeepsOwner(t *testing.T) {
 		t.Errorf("Load (the plugin's check) accepted a keyring owned by another user")
 	}
 }
+
+func TestPruneReloadsAndForgetsTheKey(t *testing.T) {
+	ctx := context.Background()
+	path := newKeyringFile(t)
+	p, err := Open(path, 0, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	k1, _ := p.Current()
+	ct, _ := p.Encrypt(ctx, k1, []byte("old"), nil)
+	if _, err := p.Rotate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Update(path, func(k *Keyring) error { return k.Prune(1) }); err == nil {
+		t.Fatalf("pruned a version that is not retired")
+	}
+	if err := p.RetireBelow(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Update(path, func(k *Keyring) error { return k.Prune(1) }); err != nil {
+		t.Fatalf("Prune(retired 1) = %v", err)
+	}
+	if err := p.Reload(); err != nil {
+		t.Fatalf("Reload after prune = %v; removing a retired version must be accepted", err)
+	}
+	if _, err := p.Decrypt(ctx, k1, ct, nil); !errors.Is(err, providers.ErrKeyNotFound) {
+		t.Errorf("Decrypt under a pruned version = %v, want ErrKeyNotFound", err)
+	}
+	k, _ := Read(path)
+	if k.Find(1) != nil || len(k.Versions) != 1 {
+		t.Errorf("keyring after prune has versions %+v, want only 2", k.Infos())
+	}
+}
