@@ -189,11 +189,7 @@ func TestReload(t *testing.T) {
 	ctx := context.Background()
 	aad := []byte("hdr")
 	path := newKeyringFile(t)
-	p, err := Open(path, 0, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p := openProvider(t, path)
 	k1, _ := p.Current()
 	ct1, err := p.Encrypt(ctx, k1, []byte("secret"), aad)
 	if err != nil {
@@ -302,11 +298,7 @@ func TestOpenRefusesBadKeyring(t *testing.T) {
 func TestDecryptErrors(t *testing.T) {
 	ctx := context.Background()
 	path := newKeyringFile(t)
-	p, err := Open(path, 0, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p := openProvider(t, path)
 	k, _ := p.Current()
 	ct, _ := p.Encrypt(ctx, k, []byte("x"), nil)
 	ring, _, _ := parseKeyID(k.ID)
@@ -357,11 +349,7 @@ func TestUpdateKeepsOwner(t *testing.T) {
 func TestPruneReloadsAndForgetsTheKey(t *testing.T) {
 	ctx := context.Background()
 	path := newKeyringFile(t)
-	p, err := Open(path, 0, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p := openProvider(t, path)
 	k1, _ := p.Current()
 	ct, _ := p.Encrypt(ctx, k1, []byte("old"), nil)
 	if _, err := p.Rotate(ctx); err != nil {

@@ -23,6 +23,18 @@ func newKeyringFile(t *testing.T) string {
 	return path
 }
 
+// openProvider opens the keyring at path without hot reload; the test
+// closes it.
+func openProvider(t *testing.T, path string) *Provider {
+	t.Helper()
+	p, err := Open(path, 0, nil, nil)
+	if err != nil {
+		t.Fatalf("Open() = %v", err)
+	}
+	t.Cleanup(func() { _ = p.Close() })
+	return p
+}
+
 func TestConformance(t *testing.T) {
 	providertest.Run(t, func(t *testing.T) providers.Provider {
 		p, err := Open(newKeyringFile(t), 0, nil, nil)
