@@ -95,6 +95,21 @@ func Run(ctx context.Context, client kmsapi.KeyManagementServiceClient, o Option
 	return drive(ctx, call, o.Concurrency, o.Duration, o.Timeout), nil
 }
 
+// RunFunc warms up, then measures call for o.Duration with o.Concurrency
+// workers, like Run, for a call that is not a KMS v2 gRPC method (such as a
+// provider called in process, or a backend's own API called directly).
+// o.Op is ignored.
+func RunFunc(ctx context.Context, call func(context.Context) error, o Options) (Result, error) {
+	o.Op = OpStatus // any valid operation; call decides what runs
+	if err := o.Validate(); err != nil {
+		return Result{}, err
+	}
+	if o.Warmup > 0 {
+		drive(ctx, call, o.Concurrency, o.Warmup, o.Timeout)
+	}
+	return drive(ctx, call, o.Concurrency, o.Duration, o.Timeout), nil
+}
+
 // newCall prepares the request that every call of o.Op sends.
 func newCall(ctx context.Context, client kmsapi.KeyManagementServiceClient, o Options) (func(context.Context) error, error) {
 	pt := bytes.Repeat([]byte{0x5a}, o.PlaintextSize)

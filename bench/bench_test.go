@@ -3,11 +3,14 @@ package bench
 import (
 	"context"
 	"errors"
+	"io"
+	"log/slog"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -194,9 +197,12 @@ func localServer(b *testing.B) *grpc.Server {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = p.Close() })
-	h := kms.NewHealth(p, time.Hour, time.Second, nil, nil)
+	// As kms.Serve wires it: metrics on a registry, an info-level logger.
+	m := kms.NewMetrics(prometheus.NewRegistry(), "local")
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	h := kms.NewHealth(p, time.Hour, time.Second, log, m)
 	h.ProbeNow(context.Background())
-	return kms.NewGRPCServer(kms.NewServer(p, h, nil, nil))
+	return kms.NewGRPCServer(kms.NewServer(p, h, log, m))
 }
 
 func serveGRPC(b testing.TB, gs *grpc.Server) kmsapi.KeyManagementServiceClient {
