@@ -210,6 +210,8 @@ func benchCreate(t *testing.T, tb *table, env *apiEnv, sizes apiSizes) {
 			if err := env.c.UseEncryptionConfig(ctx, cfg); err != nil {
 				t.Fatal(err)
 			}
+			// A ready kube-apiserver still finishes some start-up work.
+			time.Sleep(3 * time.Second)
 			ns := fmt.Sprintf("create-%d-%d", round, j)
 			if err := env.namespace(ctx, ns); err != nil {
 				t.Fatal(err)
@@ -318,7 +320,7 @@ func benchMigrate(t *testing.T, tb *table, env *apiEnv, sizes apiSizes) {
 	}
 	tb.add(row{
 		Section: "5 migrate",
-		Measure: "kmsctl migrate / kubectl get|replace",
+		Measure: "kmsctl migrate / kubectl get | replace",
 		Value:   fmt.Sprintf("%.2fx [%.2f, %.2f]", median(ratios), lo, hi),
 		Detail:  detail,
 		Target:  "≥ 3x",

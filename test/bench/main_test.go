@@ -62,8 +62,9 @@ func (tb *table) print(w io.Writer) {
 func (tb *table) markdown(w io.Writer) {
 	fmt.Fprintln(w, "| section | measure | value | target | meets | detail |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|")
+	cell := strings.NewReplacer("|", "\\|").Replace
 	for _, r := range tb.rows {
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s |\n", r.Section, r.Measure, r.Value, r.Target, r.Meets, r.Detail)
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s |\n", cell(r.Section), cell(r.Measure), cell(r.Value), cell(r.Target), cell(r.Meets), cell(r.Detail))
 	}
 }
 
