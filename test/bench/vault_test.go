@@ -127,17 +127,37 @@ func benchVault(t *testing.T, tb *table) {
 			})
 		}
 	}
-	benchVaultPool(t, tb, direct, srv, directCTs, ad)
+	benchVaultPool(t, tb, "", direct, newDirectClient(t, srv.Addr, srv.RootToken, 64), directCTs, ad)
+	benchVaultTLSPool(t, tb)
 	countVaultRequests(t, tb, srv)
+}
+
+// benchVaultTLSPool repeats the idle-connection comparison against a Vault
+// that serves TLS, where each connection beyond the idle pool costs a
+// handshake.
+func benchVaultTLSPool(t *testing.T, tb *table) {
+	srv := vaultserver.Start(t, vaultserver.Options{TLS: true})
+	srv.EnableTransit(t, transitMount)
+	srv.CreateKey(t, transitMount, transitKey)
+	def := newDirectTLSClient(t, srv.Addr, srv.RootToken, 0, srv.TLS.CACert)
+	pooled := newDirectTLSClient(t, srv.Addr, srv.RootToken, 64, srv.TLS.CACert)
+	ad := transitAD([]byte("kms-plugin envelope v1\x01\x01\x31"), "vault:transit/kms:v1:0")
+	cts := make([]string, poolSize)
+	for i := range cts {
+		var err error
+		if cts[i], err = directEncrypt(context.Background(), def, make([]byte, 32), ad); err != nil {
+			t.Fatal(err)
+		}
+	}
+	benchVaultPool(t, tb, " over TLS", pooled, def, cts, ad)
 }
 
 // benchVaultPool compares the provider's HTTP settings with the same
 // client keeping 64 idle connections instead of the SDK default of
 // GOMAXPROCS+1: with fewer idle connections than calls in flight, every
 // surplus call opens a new connection (and, over TLS, a new handshake).
-func benchVaultPool(t *testing.T, tb *table, direct *api.Client, srv *vaultserver.Server, cts []string, ad []byte) {
+func benchVaultPool(t *testing.T, tb *table, label string, pooled, direct *api.Client, cts []string, ad []byte) {
 	set := currentSettings()
-	pooled := newDirectClient(t, srv.Addr, srv.RootToken, 64)
 	var next atomic.Uint64
 	o := bench.Options{Concurrency: 16, Duration: set.duration, Warmup: set.warmup, PlaintextSize: 32, Timeout: 3 * time.Second}
 	run := func(c *api.Client) func() (bench.Result, error) {
@@ -155,7 +175,7 @@ func benchVaultPool(t *testing.T, tb *table, direct *api.Client, srv *vaultserve
 	pr, dr := medianResult(c.Target), medianResult(c.Baseline)
 	tb.add(row{
 		Section: "2 vault vs direct",
-		Measure: "decrypt c=16, 64 idle conns / SDK default",
+		Measure: "decrypt c=16" + label + ", 64 idle conns / SDK default",
 		Value:   ratioString(c.Ratios["ops_per_sec"]),
 		Detail:  fmt.Sprintf("%.0f vs %.0f ops/s; p99 %s vs %s", pr.OpsPerSec, dr.OpsPerSec, us(pr.P99), us(dr.P99)),
 	})
@@ -256,10 +276,20 @@ func newVaultProvider(t *testing.T, addr, token string) *vault.Provider {
 //
 // idleConns > 0 overrides the transport's idle connections per host.
 func newDirectClient(t *testing.T, addr, token string, idleConns int) *api.Client {
+	return newDirectTLSClient(t, addr, token, idleConns, "")
+}
+
+// newDirectTLSClient is newDirectClient trusting caCert, if not "".
+func newDirectTLSClient(t *testing.T, addr, token string, idleConns int, caCert string) *api.Client {
 	t.Helper()
 	ac := api.DefaultConfig()
 	if ac.Error != nil {
 		t.Fatal(ac.Error)
+	}
+	if caCert != "" {
+		if err := ac.ConfigureTLS(&api.TLSConfig{CACert: caCert}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if idleConns > 0 {
 		ac.HttpClient.Transport.(*http.Transport).MaxIdleConnsPerHost = idleConns
