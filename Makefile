@@ -15,7 +15,7 @@ SOAK_DURATION ?= 2m
 # Build tags that select tests against real servers; lint and vet see them all.
 TAGS := integration e2e soak bench
 
-.PHONY: help run build test unit servers integration e2e soak lint fmt vet golangci-lint fuzz bench sbom clean
+.PHONY: help run build test unit servers integration e2e soak lint fmt vet golangci-lint fuzz bench gobench sbom clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -78,8 +78,11 @@ sbom: $(CYCLONEDX_GOMOD) ## CycloneDX SBOMs of the release binaries into bin/
 $(CYCLONEDX_GOMOD):
 	GOBIN=$(dir $@) go install github.com/CycloneDX/cyclonedx-gomod/cmd/cyclonedx-gomod@$(CYCLONEDX_GOMOD_VERSION)
 
-bench: ## go benchmarks: the service against a no-op floor in the same run
-	go test ./kms/ -run '^$$' -bench . -benchmem -count 3
+bench: ## benchmark suite: one table of side-by-side ratios (BENCHFLAGS=-short for a quick run)
+	go test -tags bench -count=1 -timeout 30m -v -run '^TestBench$$' ./test/bench $(BENCHFLAGS)
+
+gobench: ## go benchmarks (envelope, interceptor, socket round trip beside the no-op floor)
+	go test ./kms/ ./bench/ -run '^$$' -bench . -benchmem -count 3
 
 clean:
 	rm -rf $(BIN)
