@@ -29,22 +29,7 @@ func TestEncryptionAtRest(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	value := secretValue(t)
-	createSecret(ctx, t, c, ns, "at-rest", value)
-	checkSecretReads(ctx, t, c, ns, "at-rest", value)
-	checkEncrypted(ctx, t, c, "secrets", ns, "at-rest", value, keyID)
-
-	raw, err := c.Raw(ctx, "secrets", ns, "at-rest")
-	if err != nil {
-		t.Fatal(err)
-	}
-	obj, err := c.Encrypted(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if obj.EncryptedDEKSourceType != kmstypes.EncryptedDEKSourceType_HKDF_SHA256_XNONCE_AES_GCM_SEED {
-		t.Errorf("encryptedDEKSourceType = %v, want HKDF_SHA256_XNONCE_AES_GCM_SEED", obj.EncryptedDEKSourceType)
-	}
+	raw, obj := checkSecretAtRest(ctx, t, c, ns, keyID)
 	t.Logf("secret %s/at-rest: %d raw bytes, keyID %q, %d annotations", ns, len(raw), obj.KeyID, len(obj.Annotations))
 
 	if !contains(c.EncryptedResources, "configmaps") {
@@ -64,4 +49,27 @@ func TestEncryptionAtRest(t *testing.T) {
 		t.Fatalf("configmap value = %q, want %q", got.Data["value"], cmValue)
 	}
 	checkEncrypted(ctx, t, c, "configmaps", ns, "at-rest", cmValue, keyID)
+}
+
+// checkSecretAtRest creates the Secret ns/at-rest, checks that it reads back
+// and that etcd holds it as a KMS v2 envelope under keyID with a seed-based
+// DEK source, and returns the raw value and the parsed envelope.
+func checkSecretAtRest(ctx context.Context, t *testing.T, c *cluster.Cluster, ns, keyID string) ([]byte, *kmstypes.EncryptedObject) {
+	t.Helper()
+	value := secretValue(t)
+	createSecret(ctx, t, c, ns, "at-rest", value)
+	checkSecretReads(ctx, t, c, ns, "at-rest", value)
+	checkEncrypted(ctx, t, c, "secrets", ns, "at-rest", value, keyID)
+	raw, err := c.Raw(ctx, "secrets", ns, "at-rest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, err := c.Encrypted(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if obj.EncryptedDEKSourceType != kmstypes.EncryptedDEKSourceType_HKDF_SHA256_XNONCE_AES_GCM_SEED {
+		t.Errorf("encryptedDEKSourceType = %v, want HKDF_SHA256_XNONCE_AES_GCM_SEED", obj.EncryptedDEKSourceType)
+	}
+	return raw, obj
 }

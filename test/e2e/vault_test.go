@@ -17,7 +17,6 @@ import (
 	"github.com/hashicorp/vault/api"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	kmstypes "k8s.io/apiserver/pkg/storage/value/encrypt/envelope/kmsv2/v2"
 
 	"github.com/kms-plugin/kms-plugin/test/e2e/cluster"
 	"github.com/kms-plugin/kms-plugin/test/testbin"
@@ -92,21 +91,7 @@ func checkVaultAtRest(ctx context.Context, t *testing.T, c *cluster.Cluster, v *
 		t.Fatalf("plugin Status key_id = %q, want prefix %q", keyID, want)
 	}
 
-	value := secretValue(t)
-	createSecret(ctx, t, c, ns, "at-rest", value)
-	checkSecretReads(ctx, t, c, ns, "at-rest", value)
-	checkEncrypted(ctx, t, c, "secrets", ns, "at-rest", value, keyID)
-	raw, err := c.Raw(ctx, "secrets", ns, "at-rest")
-	if err != nil {
-		t.Fatal(err)
-	}
-	obj, err := c.Encrypted(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if obj.EncryptedDEKSourceType != kmstypes.EncryptedDEKSourceType_HKDF_SHA256_XNONCE_AES_GCM_SEED {
-		t.Errorf("encryptedDEKSourceType = %v, want HKDF_SHA256_XNONCE_AES_GCM_SEED", obj.EncryptedDEKSourceType)
-	}
+	raw, obj := checkSecretAtRest(ctx, t, c, ns, keyID)
 	t.Logf("secret %s/at-rest: %d raw bytes, keyID %q, %d annotations; Vault transit encrypts %d, decrypts %d",
 		ns, len(raw), obj.KeyID, len(obj.Annotations), v.encrypts(), v.decrypts())
 
