@@ -306,36 +306,6 @@ func TestIntegrationRetireGivesMappedError(t *testing.T) {
 	})
 }
 
-// setupAppRole enables AppRole with a role whose tokens carry policy and
-// live ttl, and writes role_id and secret_id files.
-func setupAppRole(t *testing.T, s *vaultserver.Server, policy string, ttl time.Duration) (roleIDFile, secretIDFile string) {
-	t.Helper()
-	root := s.Client(t)
-	if err := root.Sys().EnableAuthWithOptions("approle", &api.EnableAuthOptions{Type: "approle"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := root.Logical().Write("auth/approle/role/kms-plugin", map[string]any{
-		"token_policies": []string{policy},
-		"token_ttl":      int(ttl.Seconds()),
-		"token_max_ttl":  3600,
-	}); err != nil {
-		t.Fatal(err)
-	}
-	rid, err := root.Logical().Read("auth/approle/role/kms-plugin/role-id")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sid, err := root.Logical().Write("auth/approle/role/kms-plugin/secret-id", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	roleIDFile, secretIDFile = filepath.Join(dir, "role-id"), filepath.Join(dir, "secret-id")
-	writeFile(t, roleIDFile, rid.Data["role_id"].(string))
-	writeFile(t, secretIDFile, sid.Data["secret_id"].(string))
-	return roleIDFile, secretIDFile
-}
-
 func writeFile(t *testing.T, path, content string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
@@ -357,7 +327,8 @@ func pluginPolicy(t *testing.T, s *vaultserver.Server, key string) string {
 // and keeps serving for longer than that: the session renews the token.
 func TestIntegrationShortTTLTokenIsRenewed(t *testing.T) {
 	s := devVault(t)
-	roleID, secretID := setupAppRole(t, s, pluginPolicy(t, s, "kms"), 3*time.Second)
+	ar := s.EnableAppRole(t, pluginPolicy(t, s, "kms"), 3*time.Second)
+	roleID, secretID := ar.RoleIDFile, ar.SecretIDFile
 	cfg := baseConfig(s, "kms")
 	cfg.Auth, cfg.Token, cfg.RoleIDFile, cfg.SecretIDFile = AuthAppRole, "", roleID, secretID
 	cfg.RefreshInterval = time.Hour // only the session touches the token
@@ -384,7 +355,8 @@ func TestIntegrationShortTTLTokenIsRenewed(t *testing.T) {
 // AppRole issued; the next request logs in again and succeeds.
 func TestIntegrationRevokedTokenTriggersAppRoleRelogin(t *testing.T) {
 	s := devVault(t)
-	roleID, secretID := setupAppRole(t, s, pluginPolicy(t, s, "kms"), time.Hour)
+	ar := s.EnableAppRole(t, pluginPolicy(t, s, "kms"), time.Hour)
+	roleID, secretID := ar.RoleIDFile, ar.SecretIDFile
 	cfg := baseConfig(s, "kms")
 	cfg.Auth, cfg.Token, cfg.RoleIDFile, cfg.SecretIDFile = AuthAppRole, "", roleID, secretID
 	cfg.RefreshInterval = time.Hour
@@ -860,7 +832,8 @@ func TestIntegrationDeployScripts(t *testing.T) {
 // and restoring the policy heals the provider without a restart.
 func TestIntegrationAccessRevokedFailsClosed(t *testing.T) {
 	s := devVault(t)
-	roleID, secretID := setupAppRole(t, s, pluginPolicy(t, s, "kms"), time.Hour)
+	ar := s.EnableAppRole(t, pluginPolicy(t, s, "kms"), time.Hour)
+	roleID, secretID := ar.RoleIDFile, ar.SecretIDFile
 	cfg := baseConfig(s, "kms")
 	cfg.Auth, cfg.Token, cfg.RoleIDFile, cfg.SecretIDFile = AuthAppRole, "", roleID, secretID
 	cfg.RefreshInterval = time.Hour

@@ -112,29 +112,10 @@ func TestNoSecretsInLogsVaultToken(t *testing.T) {
 func TestNoSecretsInLogsVaultAppRole(t *testing.T) {
 	s, root := startVault(t)
 	sec := &secrets{}
-	if err := root.Sys().EnableAuthWithOptions("approle", &api.EnableAuthOptions{Type: "approle"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := root.Logical().Write("auth/approle/role/kms-plugin", map[string]any{
-		"token_policies": []string{"kms-plugin"}, "token_ttl": 3600, "token_max_ttl": 3600,
-	}); err != nil {
-		t.Fatal(err)
-	}
-	rid, err := root.Logical().Read("auth/approle/role/kms-plugin/role-id")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sid, err := root.Logical().Write("auth/approle/role/kms-plugin/secret-id", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	secretID := sid.Data["secret_id"].(string)
+	ar := s.EnableAppRole(t, "kms-plugin", time.Hour)
+	secretID, roleIDFile, secretIDFile := ar.SecretID, ar.RoleIDFile, ar.SecretIDFile
 	sec.addString("AppRole secret_id", secretID)
-	sec.addString("AppRole secret_id accessor", sid.Data["secret_id_accessor"].(string))
-	dir := t.TempDir()
-	roleIDFile, secretIDFile := filepath.Join(dir, "role-id"), filepath.Join(dir, "secret-id")
-	writeSecretFile(t, roleIDFile, rid.Data["role_id"].(string))
-	writeSecretFile(t, secretIDFile, secretID)
+	sec.addString("AppRole secret_id accessor", ar.SecretIDAccessor)
 
 	p := plugintest.Start(t, "--provider", "vault", "--vault-addr", s.Addr, "--vault-key", "kms",
 		"--vault-auth", "approle", "--vault-role-id-file", roleIDFile, "--vault-secret-id-file", secretIDFile,

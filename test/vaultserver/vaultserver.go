@@ -390,6 +390,51 @@ func (s *Server) WritePolicy(t testing.TB, name, hcl string) {
 	}
 }
 
+// AppRole holds the credentials of the AppRole role that EnableAppRole made.
+type AppRole struct {
+	RoleIDFile, SecretIDFile   string // 0600 files for --vault-role-id-file, --vault-secret-id-file
+	SecretID, SecretIDAccessor string
+}
+
+// EnableAppRole enables AppRole auth with the role "kms-plugin", whose
+// tokens carry policy and live ttl (max one hour), and writes its role_id
+// and a new secret_id to files in a temporary directory.
+func (s *Server) EnableAppRole(t testing.TB, policy string, ttl time.Duration) AppRole {
+	t.Helper()
+	root := s.Client(t)
+	if err := root.Sys().EnableAuthWithOptions("approle", &api.EnableAuthOptions{Type: "approle"}); err != nil {
+		t.Fatalf("enable approle: %v", err)
+	}
+	if _, err := root.Logical().Write("auth/approle/role/kms-plugin", map[string]any{
+		"token_policies": []string{policy},
+		"token_ttl":      int(ttl.Seconds()),
+		"token_max_ttl":  3600,
+	}); err != nil {
+		t.Fatalf("write approle role: %v", err)
+	}
+	rid, err := root.Logical().Read("auth/approle/role/kms-plugin/role-id")
+	if err != nil {
+		t.Fatalf("read role_id: %v", err)
+	}
+	sid, err := root.Logical().Write("auth/approle/role/kms-plugin/secret-id", nil)
+	if err != nil {
+		t.Fatalf("create secret_id: %v", err)
+	}
+	dir := t.TempDir()
+	a := AppRole{
+		RoleIDFile:       filepath.Join(dir, "role-id"),
+		SecretIDFile:     filepath.Join(dir, "secret-id"),
+		SecretID:         sid.Data["secret_id"].(string),
+		SecretIDAccessor: sid.Data["secret_id_accessor"].(string),
+	}
+	for path, content := range map[string]string{a.RoleIDFile: rid.Data["role_id"].(string), a.SecretIDFile: a.SecretID} {
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return a
+}
+
 // freePortPair finds p such that p and p+1 are free on loopback (Vault
 // also binds its cluster port, the API port plus one).
 func freePortPair() (int, error) {
