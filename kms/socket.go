@@ -115,14 +115,29 @@ func Listen(ep Endpoint, opts SocketOptions) (net.Listener, error) {
 	return &socketListener{Listener: l, path: path, lock: lock, ino: ino}, nil
 }
 
+// chownSocket and chmodSocket are os.Chown and os.Chmod; tests watch the
+// order in which listenFile calls them.
+var (
+	chownSocket = os.Chown
+	chmodSocket = os.Chmod
+)
+
 func listenFile(path string, mode fs.FileMode, gid int) (net.Listener, uint64, error) {
-	if _, err := os.Lstat(path); err == nil {
+	if fi, err := os.Lstat(path); err == nil {
+		// Only a stale socket may go. Anything else at the path (the
+		// keyring, when --listen and --keyring are mixed up, a directory, a
+		// symlink) is the operator's and stays untouched.
+		if fi.Mode().Type() != fs.ModeSocket {
+			return nil, 0, fmt.Errorf("listen on %s: a %s is there, not a socket; kms-plugin removes only a stale socket, so check --listen (it must not name the keyring or any other file)", path, fileKind(fi.Mode()))
+		}
 		if live(path) {
 			return nil, 0, fmt.Errorf("listen on %s: another server is already serving on this socket; stop it first", path)
 		}
 		if err := os.Remove(path); err != nil {
 			return nil, 0, fmt.Errorf("remove stale socket %s: %w", path, err)
 		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, 0, fmt.Errorf("listen on %s: %w", path, err)
 	}
 	// The umask makes the socket 0600 from the moment it exists; chmod then
 	// widens it only if the operator asked.
@@ -140,13 +155,15 @@ func listenFile(path string, mode fs.FileMode, gid int) (net.Listener, uint64, e
 		_ = os.Remove(path)
 		return nil, 0, err
 	}
-	if err := os.Chmod(path, mode); err != nil {
-		return fail(fmt.Errorf("chmod socket: %w", err))
-	}
+	// Group first, then mode: the other order would open a group-readable
+	// mode to the plugin's primary group until the chown.
 	if gid >= 0 {
-		if err := os.Chown(path, -1, gid); err != nil {
+		if err := chownSocket(path, -1, gid); err != nil {
 			return fail(fmt.Errorf("chown socket to group %d: %w", gid, err))
 		}
+	}
+	if err := chmodSocket(path, mode); err != nil {
+		return fail(fmt.Errorf("chmod socket: %w", err))
 	}
 	fi, err := os.Lstat(path)
 	if err != nil {
@@ -192,6 +209,24 @@ func lockFile(path string) (*os.File, error) {
 		return nil, fmt.Errorf("lock %s: %w", path, err)
 	}
 	return f, nil
+}
+
+// fileKind names a file type for an error message.
+func fileKind(m fs.FileMode) string {
+	switch m.Type() {
+	case 0:
+		return "regular file"
+	case fs.ModeDir:
+		return "directory"
+	case fs.ModeSymlink:
+		return "symbolic link"
+	case fs.ModeNamedPipe:
+		return "named pipe (FIFO)"
+	case fs.ModeDevice, fs.ModeDevice | fs.ModeCharDevice:
+		return "device"
+	default:
+		return "non-socket file"
+	}
 }
 
 func inode(fi fs.FileInfo) uint64 {
