@@ -40,30 +40,27 @@ func Serve(ctx context.Context, cfg Config, provider providers.Provider, log *sl
 	// One probe before serving, so that the first Status already knows.
 	health.ProbeNow(ctx)
 
+	// The health address is tried once before the socket so that the log
+	// names it first, but failing to bind it never keeps KMS down: a
+	// squatted port is retried in the background while the socket serves.
+	hctx, stopHealth := context.WithCancel(ctx)
+	defer stopHealth()
 	var httpSrv *http.Server
 	if cfg.HealthAddr != "" {
-		hl, err := net.Listen("tcp", cfg.HealthAddr)
-		if err != nil {
-			return fmt.Errorf("listen for health on %s: %w", cfg.HealthAddr, err)
-		}
 		httpSrv = &http.Server{Handler: HTTPHandler(health, reg), ReadHeaderTimeout: 5 * time.Second}
-		go func() {
-			if err := httpSrv.Serve(hl); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				log.Error("health server stopped", "err", err)
-			}
-		}()
-		log.Info("serving health and metrics", "addr", hl.Addr().String())
+		if !serveHTTP(httpSrv, cfg.HealthAddr, log, true) {
+			go retryHTTP(hctx, httpSrv, cfg.HealthAddr, log)
+		}
 	}
 
 	l, err := Listen(cfg.Endpoint, cfg.Socket)
 	if err != nil {
+		stopHealth()
 		shutdownHTTP(httpSrv)
 		return err
 	}
 	srv := NewGRPCServer(NewServer(provider, health, log, metrics))
 
-	hctx, stopHealth := context.WithCancel(ctx)
-	defer stopHealth()
 	go health.Run(hctx)
 
 	errc := make(chan error, 1)
@@ -82,8 +79,51 @@ func Serve(ctx context.Context, cfg Config, provider providers.Provider, log *sl
 		err = nil
 	}
 	_ = l.Close()
+	stopHealth()
 	shutdownHTTP(httpSrv)
 	return err
+}
+
+// healthRetryInterval is how often a health address that could not be
+// bound is tried again.
+var healthRetryInterval = 2 * time.Second
+
+// serveHTTP binds addr and serves s on it in the background. It reports
+// whether the address was bound; the first failure logs at error level
+// (loud tells the operator a port is squatted), later ones at debug.
+func serveHTTP(s *http.Server, addr string, log *slog.Logger, first bool) bool {
+	hl, err := net.Listen("tcp", addr)
+	if err != nil {
+		if first {
+			log.Error("cannot serve health and metrics yet; KMS serves regardless and the address is retried", "addr", addr, "retry_every", healthRetryInterval, "err", err)
+		} else {
+			log.Debug("health address still unavailable", "addr", addr, "err", err)
+		}
+		return false
+	}
+	go func() {
+		if err := s.Serve(hl); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("health server stopped", "err", err)
+		}
+	}()
+	log.Info("serving health and metrics", "addr", hl.Addr().String())
+	return true
+}
+
+// retryHTTP tries serveHTTP until it binds or ctx ends.
+func retryHTTP(ctx context.Context, s *http.Server, addr string, log *slog.Logger) {
+	t := time.NewTicker(healthRetryInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if serveHTTP(s, addr, log, false) {
+				return
+			}
+		}
+	}
 }
 
 // NewGRPCServer returns a gRPC server that serves s with the service's

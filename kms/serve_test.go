@@ -3,9 +3,13 @@ package kms
 import (
 	"bytes"
 	"context"
+	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -118,4 +122,78 @@ func TestDEKBuffersCleared(t *testing.T) {
 	if err := codec.Unmarshal(wire, &got); err != nil || !bytes.Equal(got.Plaintext, seed) {
 		t.Errorf("the serialised reply = %x, %v; want the seed", got.Plaintext, err)
 	}
+}
+
+// TestServeSocketComesUpWhileHealthPortSquatted: another process holds the
+// health address. The KMS socket serves anyway, and /livez comes up once
+// the port is free.
+func TestServeSocketComesUpWhileHealthPortSquatted(t *testing.T) {
+	squatter, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := squatter.Addr().String()
+	old := healthRetryInterval
+	healthRetryInterval = 50 * time.Millisecond
+	t.Cleanup(func() { healthRetryInterval = old })
+
+	sock := filepath.Join(t.TempDir(), "kms.sock")
+	cfg := Config{
+		Endpoint:        Endpoint{Address: sock},
+		HealthAddr:      addr,
+		HealthInterval:  time.Hour,
+		HealthTimeout:   time.Second,
+		ShutdownTimeout: time.Second,
+		ProviderName:    "fake",
+	}
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&syncWriter{w: &logs}, nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan struct{})
+	served := make(chan error, 1)
+	go func() { served <- Serve(ctx, cfg, okFake(), log, prometheus.NewRegistry(), func() { close(ready) }) }()
+	t.Cleanup(func() { cancel(); <-served })
+	select {
+	case <-ready:
+	case err := <-served:
+		t.Fatalf("Serve() with a squatted health port = %v, want the socket to serve", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the KMS socket did not come up while the health port was squatted")
+	}
+	client, conn, err := Dial("unix://" + sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := client.Status(context.Background(), &kmsapi.StatusRequest{}); err != nil {
+		t.Errorf("Status() while the health port is squatted = %v", err)
+	}
+
+	_ = squatter.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get("http://" + addr + "/livez")
+		if err == nil {
+			_ = resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/livez never came up after the port was freed: %v\n%s", err, logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// syncWriter serializes writes from the logger's goroutines.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
 }
