@@ -126,12 +126,25 @@ func retryHTTP(ctx context.Context, s *http.Server, addr string, log *slog.Logge
 	}
 }
 
+// Bounds on what a client can make the server hold. The largest valid
+// request is a Decrypt: a 1 KiB ciphertext, a 1 KiB key_id and 32 KiB of
+// annotations; 128 KiB leaves room for a future field while refusing the
+// megabytes that no KMS v2 caller sends. kube-apiserver multiplexes calls
+// on one connection; 1024 streams is far above its concurrency and below
+// what would let one client exhaust memory.
+const (
+	maxRequestBytes      = 128 << 10
+	maxConcurrentStreams = 1024
+)
+
 // NewGRPCServer returns a gRPC server that serves s with the service's
 // interceptor (metrics, call logs, code mapping, panic recovery).
 func NewGRPCServer(s *Server) *grpc.Server {
 	srv := grpc.NewServer(
 		grpc.UnaryInterceptor(unaryInterceptor(s.log, s.metrics)),
 		grpc.ForceServerCodecV2(newZeroingCodec()),
+		grpc.MaxRecvMsgSize(maxRequestBytes),
+		grpc.MaxConcurrentStreams(maxConcurrentStreams),
 	)
 	kmsapi.RegisterKeyManagementServiceServer(srv, s)
 	return srv
