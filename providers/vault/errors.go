@@ -60,11 +60,16 @@ func classify(o op, err error) error {
 }
 
 func classifyResponse(o op, re *api.ResponseError) error {
+	// Vault's error strings are read to classify, never repeated: a proxy
+	// or a plugin in front of Vault may echo the request, which holds a
+	// DEK seed, and these errors reach Status, the apiserver and the logs.
+	// Only a phrase from the fixed list below, in this package's words,
+	// goes into the message.
 	msg := strings.Join(re.Errors, "; ")
-	if len(msg) > 200 {
-		msg = msg[:200] + "..."
+	if len(msg) > maxClassifiedMessage {
+		msg = msg[:maxClassifiedMessage]
 	}
-	detail := fmt.Sprintf("vault %s: HTTP %d: %s", o, re.StatusCode, msg)
+	detail := fmt.Sprintf("vault %s: HTTP %d: %s", o, re.StatusCode, vaultReason(msg))
 	low := strings.ToLower(msg)
 	switch {
 	case re.StatusCode == http.StatusForbidden || re.StatusCode == http.StatusUnauthorized:
@@ -107,6 +112,46 @@ func classifyResponse(o op, re *api.ResponseError) error {
 		return fmt.Errorf("%w: %s", providers.ErrInvalidArgument, detail)
 	}
 	return fmt.Errorf("%w: %s", providers.ErrUnavailable, detail)
+}
+
+// maxClassifiedMessage bounds how much of Vault's error text is searched.
+const maxClassifiedMessage = 4096
+
+// vaultReasons are the Vault error phrases that kms-plugin recognizes, each
+// with the words it reports instead. Order matters: the first match wins.
+var vaultReasons = []struct{ match, reason string }{
+	{"permission denied", "permission denied"},
+	{"encryption key not found", "transit key not found"},
+	{"too old", "key version is below min_decryption_version"},
+	{"less than the minimum encryption", "key version is below min_encryption_version"},
+	{"higher than the latest key version", "key version is newer than the key"},
+	{"message authentication failed", "ciphertext or its associated data failed authentication"},
+	{"invalid ciphertext", "invalid ciphertext"},
+	{"sealed", "Vault is sealed"},
+	{"standby", "Vault node is a standby"},
+	{"rate limit", "rate limited"},
+	{"invalid role or secret id", "invalid role or secret ID"},
+	{"invalid jwt", "invalid JWT"},
+	{"invalid token", "invalid token"},
+	{"token not found", "token not found"},
+	{"bad token", "invalid token"},
+	{"no handler for route", "no such path (is the auth method or engine enabled at this mount?)"},
+	{"unsupported path", "no such path (is the auth method or engine enabled at this mount?)"},
+}
+
+// vaultReason names what Vault's message says in kms-plugin's own words,
+// or says only how long it was: the message itself is never shown.
+func vaultReason(msg string) string {
+	low := strings.ToLower(msg)
+	for _, r := range vaultReasons {
+		if strings.Contains(low, r.match) {
+			return r.reason
+		}
+	}
+	if msg == "" {
+		return "no error message"
+	}
+	return fmt.Sprintf("an error message of %d bytes (not shown: it may echo the request)", len(msg))
 }
 
 // shortMessage is err's message cut to a bounded length. The SDK's
