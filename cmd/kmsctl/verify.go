@@ -72,17 +72,21 @@ func (f *etcdFlags) client() (*clientv3.Client, error) {
 type resourceFlags struct {
 	resources        []string
 	encryptionConfig string
+	kmsProvider      string
 }
 
 func (f *resourceFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringSliceVar(&f.resources, "resources", nil, "resources as in an EncryptionConfiguration: secrets, configmaps, deployments.apps (default secrets)")
-	cmd.Flags().StringVar(&f.encryptionConfig, "encryption-config", "", "take the resources from this EncryptionConfiguration (those not written with identity)")
+	cmd.Flags().StringVar(&f.encryptionConfig, "encryption-config", "", "take the resources from this EncryptionConfiguration: every entry that lists a provider other than identity, at any position")
+	cmd.Flags().StringVar(&f.kmsProvider, "kms-provider", "", "with --encryption-config: only the entries that list this KMS provider name, at any position")
 }
 
 func (f *resourceFlags) list() ([]string, error) {
 	switch {
 	case len(f.resources) > 0 && f.encryptionConfig != "":
 		return nil, fmt.Errorf("give --resources or --encryption-config, not both")
+	case f.kmsProvider != "" && f.encryptionConfig == "":
+		return nil, fmt.Errorf("--kms-provider selects entries of --encryption-config; give that file too")
 	case len(f.resources) > 0:
 		return f.resources, nil
 	case f.encryptionConfig != "":
@@ -90,14 +94,18 @@ func (f *resourceFlags) list() ([]string, error) {
 		if err != nil {
 			return nil, err
 		}
+		if f.kmsProvider != "" {
+			res, err := encryptionconfig.ResourcesFor(cfg, f.kmsProvider)
+			if err == nil && len(res) == 0 {
+				err = fmt.Errorf("%s lists the KMS provider %q for no resource", f.encryptionConfig, f.kmsProvider)
+			}
+			return res, err
+		}
 		res, err := encryptionconfig.EncryptedResources(cfg)
-		if err != nil {
-			return nil, err
+		if err == nil && len(res) == 0 {
+			err = fmt.Errorf("%s encrypts no resource", f.encryptionConfig)
 		}
-		if len(res) == 0 {
-			return nil, fmt.Errorf("%s encrypts no resource", f.encryptionConfig)
-		}
-		return res, nil
+		return res, err
 	}
 	return []string{"secrets"}, nil
 }

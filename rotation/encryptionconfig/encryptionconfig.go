@@ -7,6 +7,7 @@ package encryptionconfig
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/runtime"
@@ -91,16 +92,31 @@ func providerOf(p apiserver.ProviderConfiguration) Provider {
 	}
 }
 
-// EncryptedResources returns the resources that some entry writes with a
-// provider other than identity, in file order without duplicates. A
-// wildcard ("*.*", "*.apps", "*.") cannot be expanded without asking the
-// apiserver; it is an error, naming the wildcard, so the caller asks for an
-// explicit list instead of silently skipping resources.
+// EncryptedResources returns the resources of every entry that lists a
+// provider other than identity at any position, in file order without
+// duplicates. An entry such as [identity, kms] reads plaintext first but
+// still holds objects written under the KMS provider (before the order
+// changed, or by another apiserver), so it counts: skipping it would let a
+// rotation retire a key that those objects still need. A wildcard ("*.*",
+// "*.apps", "*.") cannot be expanded without asking the apiserver; it is an
+// error, naming the wildcard, so the caller asks for an explicit list
+// instead of silently skipping resources.
 func EncryptedResources(cfg []Resources) ([]string, error) {
+	return selectResources(cfg, func(p Provider) bool { return p.Type != "identity" })
+}
+
+// ResourcesFor returns the resources of every entry that lists the KMS
+// provider named name (v1 or v2) at any position, as EncryptedResources
+// does for any provider.
+func ResourcesFor(cfg []Resources, name string) ([]string, error) {
+	return selectResources(cfg, func(p Provider) bool { return p.Name == name && strings.HasPrefix(p.Type, "kms-") })
+}
+
+func selectResources(cfg []Resources, match func(Provider) bool) ([]string, error) {
 	var out []string
 	seen := map[string]bool{}
 	for _, r := range cfg {
-		if len(r.Providers) == 0 || r.Providers[0].Type == "identity" {
+		if !slices.ContainsFunc(r.Providers, match) {
 			continue
 		}
 		for _, res := range r.Resources {

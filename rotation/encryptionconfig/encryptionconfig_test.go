@@ -40,6 +40,43 @@ func TestParse(t *testing.T) {
 	}
 }
 
+// TestResourcesAnyPosition: an entry whose first provider is identity
+// still holds objects under the KMS provider behind it, so it is selected;
+// one that lists only identity, or only another provider, is not.
+func TestResourcesAnyPosition(t *testing.T) {
+	const doc = `apiVersion: apiserver.config.k8s.io/v1
+kind: EncryptionConfiguration
+resources:
+  - resources: ["events"]
+    providers:
+      - identity: {}
+  - resources: ["secrets"]
+    providers:
+      - identity: {}
+      - kms: {apiVersion: v2, name: kms-plugin, endpoint: unix:///var/run/kms-plugin/kms.sock}
+  - resources: ["configmaps"]
+    providers:
+      - identity: {}
+      - kms: {apiVersion: v2, name: kms-plugin-configmaps, endpoint: unix:///var/run/kms-plugin/kms.sock}
+  - resources: ["leases.coordination.k8s.io"]
+    providers:
+      - aescbc: {keys: [{name: k, secret: MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=}]}
+`
+	cfg, err := Parse([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res, err := EncryptedResources(cfg); err != nil || !reflect.DeepEqual(res, []string{"secrets", "configmaps", "leases.coordination.k8s.io"}) {
+		t.Errorf("EncryptedResources() = %v, %v; want secrets, configmaps (identity first, kms second) and leases", res, err)
+	}
+	if res, err := ResourcesFor(cfg, "kms-plugin"); err != nil || !reflect.DeepEqual(res, []string{"secrets"}) {
+		t.Errorf("ResourcesFor(kms-plugin) = %v, %v; want secrets (identity first, kms-plugin second)", res, err)
+	}
+	if res, err := ResourcesFor(cfg, "other"); err != nil || len(res) != 0 {
+		t.Errorf("ResourcesFor(other) = %v, %v; want none", res, err)
+	}
+}
+
 func TestParseRefuses(t *testing.T) {
 	tests := []struct{ name, doc, want string }{
 		{"not yaml", "{", "decode"},
