@@ -34,8 +34,8 @@ unit: ## unit tests and plugin-binary tests, with the race detector
 servers: ## build etcd, kube-apiserver and Vault from the module proxy (cached by version)
 	bash test/tools/build.sh all
 
-integration: ## tests against a real Vault server (provider, kmsctl, conformance, leaks, faults)
-	$(GO_TEST) -tags integration -count=1 -timeout 30m ./providers/vault/... ./cmd/... ./conformance/... ./test/leak/ ./test/faults/
+integration: ## tests against a real Vault server (provider, kmsctl, conformance, deploy scripts, leaks, faults)
+	$(GO_TEST) -tags integration -count=1 -timeout 30m ./providers/vault/... ./cmd/... ./conformance/... ./deploy/ ./test/leak/ ./test/faults/
 
 e2e: ## end-to-end tests on a real etcd + kube-apiserver + kms-plugin
 	$(GO_TEST) -tags e2e -count=1 -timeout 45m ./test/e2e/...

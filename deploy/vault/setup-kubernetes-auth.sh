@@ -24,7 +24,12 @@ sa=${SERVICE_ACCOUNT:-kms-plugin}
 ns=${SERVICE_ACCOUNT_NAMESPACE:-kube-system}
 audience=${AUDIENCE:-vault}
 
-if ! vault auth list -format=json | grep -q "\"$mount/\""; then
+# Read the whole list, then match. Piping it into a reader that exits at
+# the first match (grep -q) lets vault hit a closed pipe and die of SIGPIPE,
+# which pipefail reports as "not there": the mount would be enabled twice.
+# A failed list stops the script (set -e) instead of passing for "absent".
+mounts=$(vault auth list -format=json)
+if [[ $mounts != *"\"$mount/\""* ]]; then
   vault auth enable -path="$mount" kubernetes
 fi
 args=(kubernetes_host="$KUBERNETES_HOST")

@@ -14,7 +14,12 @@ key=${1:-kms-plugin}
 mount=${2:-transit}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
-if ! vault secrets list -format=json | grep -q "\"$mount/\""; then
+# Read the whole list, then match. Piping it into a reader that exits at
+# the first match (grep -q) lets vault hit a closed pipe and die of SIGPIPE,
+# which pipefail reports as "not there": the mount would be enabled twice.
+# A failed list stops the script (set -e) instead of passing for "absent".
+mounts=$(vault secrets list -format=json)
+if [[ $mounts != *"\"$mount/\""* ]]; then
   vault secrets enable -path="$mount" transit
 fi
 if ! vault read -format=json "$mount/keys/$key" >/dev/null 2>&1; then
