@@ -116,6 +116,10 @@ func Launch(t testing.TB, endpoint string, args ...string) (*Plugin, error) {
 	})
 	ready := make(chan string, 1)
 	go func() {
+		// Drain the pipe whatever happens: a reader that stops early (a
+		// line longer than the scanner's buffer ends Scan) would block the
+		// plugin's next log write, and so the plugin.
+		defer func() { _, _ = io.Copy(io.Discard, pr) }()
 		sc := bufio.NewScanner(pr)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		health := ""
@@ -132,7 +136,6 @@ func Launch(t testing.TB, endpoint string, args ...string) (*Plugin, error) {
 				health = line.Addr
 			case "serving KMS v2":
 				ready <- health
-				_, _ = io.Copy(io.Discard, pr)
 				return
 			}
 		}
