@@ -108,8 +108,28 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("start %s provider: %w", o.provider, err)
 	}
-	defer provider.Close()
+	defer closeWithin(provider, o.shutdownTimeout, log)
 	return kms.Serve(ctx, cfg, provider, log, reg, nil)
+}
+
+// closeWithin closes provider, giving up after timeout so that a backend
+// stuck in a call (a hung file system, an unanswering server) never keeps
+// the process from exiting on SIGTERM.
+func closeWithin(provider providers.Provider, timeout time.Duration, log *slog.Logger) {
+	done := make(chan struct{})
+	go func() {
+		if err := provider.Close(); err != nil {
+			log.Warn("closing the provider", "err", err)
+		}
+		close(done)
+	}()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		log.Warn("the provider did not close in time; exiting anyway", "timeout", timeout)
+	}
 }
 
 func (o options) serveConfig() (kms.Config, error) {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -334,4 +335,28 @@ func TestKmsctlBenchAgainstPlugin(t *testing.T) {
 			t.Errorf("ratio %s = %+v, want a positive median within [min, max]", name, r)
 		}
 	}
+}
+
+// TestPluginKeyringReplacedByFIFO: the keyring path becomes a FIFO while
+// the plugin runs. The reload refuses it without blocking, the last good
+// keyring keeps serving, and SIGTERM still stops the plugin.
+func TestPluginKeyringReplacedByFIFO(t *testing.T) {
+	dir, keyring := newKeyring(t)
+	p := startPlugin(t, "unix://"+filepath.Join(dir, "kms.sock"), "--keyring", keyring, "--keyring-reload-interval", "50ms")
+	keyID := pluginStatus(t, p).KeyId
+	if err := os.Rename(keyring, keyring+".moved"); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(keyring, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	plugintest.WaitFor(t, 10*time.Second, "the reload to refuse the FIFO", func() bool {
+		return strings.Contains(p.Logs.String(), "not a regular file")
+	})
+	seed := bytes.Repeat([]byte{7}, 32)
+	enc, err := p.Client.Encrypt(ctx3s(t), &kmsapi.EncryptRequest{Plaintext: seed, Uid: "fifo"})
+	if err != nil || enc.KeyId != keyID {
+		t.Fatalf("Encrypt() with a FIFO at the keyring path = %v, %v; want the last good key %s", enc, err, keyID)
+	}
+	p.Stop(t)
 }

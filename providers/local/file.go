@@ -46,7 +46,17 @@ func Read(path string) (*Keyring, error) {
 }
 
 func load(path string, anyOwner bool) (*Keyring, fileStamp, error) {
-	f, err := os.Open(path)
+	// Refuse a FIFO, device or directory before opening it: opening a
+	// FIFO for reading blocks until a writer comes, which would hang the
+	// reload loop (and shutdown) forever. O_NONBLOCK covers the file being
+	// swapped for one between the stat and the open; it changes nothing
+	// for a regular file.
+	if fi, err := os.Stat(path); err != nil {
+		return nil, fileStamp{}, fmt.Errorf("stat keyring: %w", err)
+	} else if !fi.Mode().IsRegular() {
+		return nil, fileStamp{}, notRegular(path, fi)
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, fileStamp{}, fmt.Errorf("open keyring: %w", err)
 	}
@@ -77,7 +87,7 @@ func load(path string, anyOwner bool) (*Keyring, fileStamp, error) {
 // writable by group or others, or (unless anyOwner) is owned by another user.
 func checkFile(path string, fi fs.FileInfo, anyOwner bool) error {
 	if !fi.Mode().IsRegular() {
-		return fmt.Errorf("keyring %s is not a regular file", path)
+		return notRegular(path, fi)
 	}
 	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
 		return fmt.Errorf("keyring %s has mode %#o: it must not be accessible to group or others (chmod 600 %s)", path, perm, path)
@@ -88,6 +98,10 @@ func checkFile(path string, fi fs.FileInfo, anyOwner bool) error {
 		}
 	}
 	return nil
+}
+
+func notRegular(path string, fi fs.FileInfo) error {
+	return fmt.Errorf("keyring %s is not a regular file (mode %s); point --keyring at the keyring file itself", path, fi.Mode().Type())
 }
 
 // Create writes a new keyring to path, refusing to overwrite anything.
