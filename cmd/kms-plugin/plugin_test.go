@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -359,4 +360,76 @@ func TestPluginKeyringReplacedByFIFO(t *testing.T) {
 		t.Fatalf("Encrypt() with a FIFO at the keyring path = %v, %v; want the last good key %s", enc, err, keyID)
 	}
 	p.Stop(t)
+}
+
+// TestKmsctlRootThenNonRoot follows docs/install.md on a node: the
+// plugin's user (65532) creates the keyring, root rotates it through a
+// symbolic link and adds a version through the real path, and the
+// documented non-root run
+// (setpriv --reuid 65532 kmsctl keyring rotate) still works afterwards.
+func TestKmsctlRootThenNonRoot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("running as another user needs root (CI runs as root)")
+	}
+	const uid = 65532
+	shared := func(mode os.FileMode) string {
+		d, err := os.MkdirTemp("", "kms-plugin-nonroot-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = os.RemoveAll(d) })
+		if err := os.Chmod(d, mode); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	binDir := shared(0o755)
+	kmsctlBin := filepath.Join(binDir, "kmsctl")
+	b, err := os.ReadFile(testbin.Build(t, "./cmd/kmsctl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(kmsctlBin, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dir := shared(0o700)
+	if err := os.Chown(dir, uid, uid); err != nil {
+		t.Fatal(err)
+	}
+	keyring := filepath.Join(dir, "keyring.json")
+	link := filepath.Join(shared(0o755), "keyring.json")
+	if err := os.Symlink(keyring, link); err != nil {
+		t.Fatal(err)
+	}
+	run := func(asPlugin bool, args ...string) {
+		t.Helper()
+		cmd := exec.Command(kmsctlBin, args...)
+		if asPlugin {
+			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+		}
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("kmsctl %s (as uid %d): %v\n%s", strings.Join(args, " "), map[bool]int{true: uid, false: 0}[asPlugin], err, out)
+		}
+	}
+	run(true, "keyring", "init", "--keyring", keyring)
+	run(false, "keyring", "rotate", "--keyring", link)
+	run(false, "keyring", "add", "--keyring", keyring)
+	run(true, "keyring", "rotate", "--keyring", keyring)
+
+	fi, err := os.Lstat(keyring)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := fi.Sys().(*syscall.Stat_t); st.Uid != uid || !fi.Mode().IsRegular() || fi.Mode().Perm() != 0o600 {
+		t.Errorf("keyring after root and non-root runs: uid %d, mode %v; want a 0600 regular file of uid %d", st.Uid, fi.Mode(), uid)
+	}
+	if fi, err := os.Lstat(link); err != nil || fi.Mode().Type() != os.ModeSymlink {
+		t.Errorf("the link after root's run: %v, %v; want it still a link", fi, err)
+	}
+	cmd := exec.Command(kmsctlBin, "keyring", "list", "--keyring", keyring)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+	out, err := cmd.CombinedOutput()
+	if err != nil || strings.Count(string(out), "local:") != 4 {
+		t.Errorf("keyring list as the plugin's user: %v\n%s\nwant 4 versions", err, out)
+	}
 }

@@ -106,30 +106,42 @@ func notRegular(path string, fi fs.FileInfo) error {
 
 // Create writes a new keyring to path, refusing to overwrite anything.
 func Create(path string, k *Keyring) error {
-	return withLock(path, func() error {
-		if _, err := os.Lstat(path); err == nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("create keyring directory: %w", err)
+	}
+	real, err := realPath(path)
+	if err != nil {
+		return err
+	}
+	return withLock(real, func() error {
+		if _, err := os.Lstat(real); err == nil {
 			return fmt.Errorf("keyring %s already exists; refusing to overwrite it", path)
 		} else if !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("stat keyring: %w", err)
 		}
-		return writeAtomic(path, k)
+		return writeAtomic(real, k)
 	})
 }
 
 // Update loads the keyring at path under an exclusive lock, applies change,
 // and writes the result atomically. If change or the write fails, the file
-// is left as it was.
+// is left as it was. A path through symbolic links acts on the real file,
+// which keeps its owner and mode; the links stay as they are.
 func Update(path string, change func(*Keyring) error) (*Keyring, error) {
+	real, err := realPath(path)
+	if err != nil {
+		return nil, err
+	}
 	var out *Keyring
-	err := withLock(path, func() error {
-		k, err := Read(path)
+	err = withLock(real, func() error {
+		k, err := Read(real)
 		if err != nil {
 			return err
 		}
 		if err := change(k); err != nil {
 			return err
 		}
-		if err := writeAtomic(path, k); err != nil {
+		if err := writeAtomic(real, k); err != nil {
 			return err
 		}
 		out = k
@@ -138,25 +150,51 @@ func Update(path string, change func(*Keyring) error) (*Keyring, error) {
 	return out, err
 }
 
-// withLock runs fn holding an exclusive flock on "<path>.lock", so that two
-// kmsctl runs never interleave their read-modify-write cycles.
-func withLock(path string, fn func() error) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return fmt.Errorf("create keyring directory: %w", err)
+// realPath resolves every symbolic link in path once, so that the lock,
+// the temporary file and the rename all act beside the real file: renaming
+// over a link would replace the link with a new file (root-owned, when
+// root ran kmsctl) and leave the plugin's keyring untouched. For a file
+// that does not exist yet, the directory is resolved; a link that points
+// nowhere is refused.
+func realPath(path string) (string, error) {
+	real, err := filepath.EvalSymlinks(path)
+	if err == nil {
+		return real, nil
 	}
-	lf, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+	if !errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("resolve keyring path %s: %w", path, err)
+	}
+	if fi, lerr := os.Lstat(path); lerr == nil && fi.Mode().Type() == fs.ModeSymlink {
+		return "", fmt.Errorf("keyring %s is a symbolic link to a file that does not exist", path)
+	}
+	dir, err := filepath.EvalSymlinks(filepath.Dir(path))
 	if err != nil {
-		return fmt.Errorf("open keyring lock: %w", err)
+		return "", fmt.Errorf("resolve keyring directory of %s: %w", path, err)
 	}
-	defer lf.Close()
+	return filepath.Join(dir, filepath.Base(path)), nil
+}
+
+// withLock runs fn holding an exclusive flock on the directory that holds
+// the real keyring file, so that two kmsctl runs never interleave their
+// read-modify-write cycles, whatever path (link or real) each was given.
+// Locking the directory leaves no lock file behind: a lock file created by
+// root would be unreadable to the plugin's user, and break the next
+// non-root run.
+func withLock(real string, fn func() error) error {
+	dir := filepath.Dir(real)
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("open keyring directory for locking: %w", err)
+	}
+	defer d.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		err := syscall.Flock(int(d.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
 		if err == nil {
 			break
 		}
 		if !errors.Is(err, syscall.EWOULDBLOCK) || time.Now().After(deadline) {
-			return fmt.Errorf("lock keyring %s: %w (is another kmsctl running?)", path, err)
+			return fmt.Errorf("lock keyring directory %s: %w (is another kmsctl running?)", dir, err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -174,11 +212,15 @@ func writeAtomic(path string, k *Keyring) (err error) {
 		return err
 	}
 	defer clear(b) // it holds every key, base64-encoded
-	owner := -1
-	group := -1
+	owner, group := -1, -1
+	mode := fs.FileMode(0o600)
 	if fi, serr := os.Lstat(path); serr == nil {
 		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 			owner, group = int(st.Uid), int(st.Gid)
+		}
+		// Keep a stricter mode (0400); never widen past 0600.
+		if perm := fi.Mode().Perm(); perm&0o077 == 0 && perm&0o400 != 0 {
+			mode = perm
 		}
 	}
 	dir := filepath.Dir(path)
@@ -192,7 +234,7 @@ func writeAtomic(path string, k *Keyring) (err error) {
 			_ = os.Remove(tmp.Name())
 		}
 	}()
-	if err = tmp.Chmod(0o600); err != nil {
+	if err = tmp.Chmod(mode); err != nil {
 		return fmt.Errorf("chmod temporary keyring: %w", err)
 	}
 	if owner >= 0 && (owner != os.Geteuid() || group != os.Getegid()) {
