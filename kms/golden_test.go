@@ -50,8 +50,9 @@ func readGolden(t testing.TB, path string) []goldenVector {
 	return out
 }
 
-// TestWriteGolden regenerates the golden files when KMS_PLUGIN_WRITE_GOLDEN
-// is set. It exists for new envelope formats; v1 files must never change.
+// TestWriteGolden writes the golden files of the current keyring format
+// when KMS_PLUGIN_WRITE_GOLDEN is set. It exists for new formats; files
+// already committed must never change.
 func TestWriteGolden(t *testing.T) {
 	if os.Getenv("KMS_PLUGIN_WRITE_GOLDEN") == "" {
 		t.Skip("set KMS_PLUGIN_WRITE_GOLDEN=1 to regenerate testdata (new formats only)")
@@ -75,7 +76,7 @@ func TestWriteGolden(t *testing.T) {
 	defer p.Close()
 	s := newServer(t, p)
 	var b strings.Builder
-	b.WriteString("# key_id plaintext ciphertext (hex), envelope format v1\n")
+	b.WriteString("# key_id plaintext ciphertext (hex), envelope format v1, keyring format 2\n")
 	seal := func(pt []byte) {
 		resp, err := s.Encrypt(context.Background(), &kmsapi.EncryptRequest{Plaintext: pt})
 		if err != nil {
@@ -96,17 +97,30 @@ func TestWriteGolden(t *testing.T) {
 		t.Fatal(err)
 	}
 	seal([]byte("sealed under version 1 of the golden keyring"))
-	if _, err := local.Update(path, func(k *local.Keyring) error { return k.Promote(2) }); err != nil {
+	// A pruned tombstone (version 3) pins that part of the format too.
+	if _, err := local.Update(path, func(k *local.Keyring) error {
+		if err := k.Promote(2); err != nil {
+			return err
+		}
+		v, err := k.Add(time.Date(2026, 11, 27, 0, 0, 0, 0, time.UTC))
+		if err != nil {
+			return err
+		}
+		if err := k.Retire(v.Version); err != nil {
+			return err
+		}
+		return k.Prune(v.Version)
+	}); err != nil {
 		t.Fatal(err)
 	}
 	ring, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile("testdata/golden-keyring.json", ring, 0o644); err != nil {
+	if err := os.WriteFile("testdata/golden-keyring-format2.json", ring, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile("testdata/golden-v1.txt", []byte(b.String()), 0o644); err != nil {
+	if err := os.WriteFile("testdata/golden-v1-format2.txt", []byte(b.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -278,10 +278,66 @@ func TestRotationKeepsOldCiphertexts(t *testing.T) {
 }
 
 func TestGoldenVectors(t *testing.T) {
-	// testdata/golden-keyring.json and golden-v1.txt were written by kms-plugin's
-	// format v1 and must decrypt forever. Regenerate only for a new format,
-	// never by editing these files.
-	src, err := os.ReadFile("testdata/golden-keyring.json")
+	// Each keyring file and the ciphertexts sealed under it must decrypt
+	// forever: golden-keyring.json is keyring format 1 (key_ids without a
+	// check value), golden-keyring-format2.json format 2. Regenerate only
+	// for a new format, never by editing these files.
+	for _, g := range []struct{ keyring, vectors string }{
+		{"testdata/golden-keyring.json", "testdata/golden-v1.txt"},
+		{"testdata/golden-keyring-format2.json", "testdata/golden-v1-format2.txt"},
+	} {
+		t.Run(filepath.Base(g.keyring), func(t *testing.T) {
+			path, p := openGoldenKeyring(t, g.keyring)
+			s := newServer(t, p)
+			vectors := readGolden(t, g.vectors)
+			if len(vectors) < 3 {
+				t.Fatalf("only %d golden vectors", len(vectors))
+			}
+			decryptAll := func(when string) {
+				t.Helper()
+				for _, v := range vectors {
+					dec, err := s.Decrypt(context.Background(), &kmsapi.DecryptRequest{Ciphertext: v.ciphertext, KeyId: v.keyID})
+					if err != nil || !bytes.Equal(dec.GetPlaintext(), v.plaintext) {
+						t.Errorf("golden %s %s: Decrypt = %x, %v; want %x", v.keyID, when, dec.GetPlaintext(), err, v.plaintext)
+					}
+				}
+			}
+			decryptAll("as committed")
+
+			// kmsctl's next change writes the current format. The
+			// versions keep their key_ids, and the new one names its key.
+			before, err := p.Keys(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := p.Rotate(context.Background()); err != nil {
+				t.Fatalf("Rotate() on the golden keyring = %v", err)
+			}
+			after, err := p.Keys(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, k := range before {
+				if after[i].KeyID != k.KeyID {
+					t.Errorf("version %d changed key_id from %s to %s on upgrade", k.Version, k.KeyID, after[i].KeyID)
+				}
+			}
+			if n := after[len(after)-1]; !strings.HasSuffix(n.KeyID, ":"+n.Check) || n.Check == "" {
+				t.Errorf("new version's key_id %s does not carry its check value %q", n.KeyID, n.Check)
+			}
+			decryptAll("after the upgrade")
+			if _, err := local.Load(path); err != nil {
+				t.Errorf("the upgraded file does not load: %v", err)
+			}
+		})
+	}
+}
+
+// openGoldenKeyring copies a committed keyring to a private file and opens
+// it.
+func openGoldenKeyring(t *testing.T, name string) (string, *local.Provider) {
+	t.Helper()
+	src, err := os.ReadFile(name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -293,16 +349,6 @@ func TestGoldenVectors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer p.Close()
-	s := newServer(t, p)
-	vectors := readGolden(t, "testdata/golden-v1.txt")
-	if len(vectors) < 3 {
-		t.Fatalf("only %d golden vectors", len(vectors))
-	}
-	for _, v := range vectors {
-		dec, err := s.Decrypt(context.Background(), &kmsapi.DecryptRequest{Ciphertext: v.ciphertext, KeyId: v.keyID})
-		if err != nil || !bytes.Equal(dec.GetPlaintext(), v.plaintext) {
-			t.Errorf("golden %s: Decrypt = %x, %v; want %x", v.keyID, dec.GetPlaintext(), err, v.plaintext)
-		}
-	}
+	t.Cleanup(func() { _ = p.Close() })
+	return path, p
 }

@@ -52,11 +52,14 @@ type Provider interface {
 type KeyState string
 
 // Key states. Exactly one version is primary; primary and active versions
-// decrypt; retired versions are refused.
+// decrypt; retired versions are refused; a pruned version's key is gone for
+// good, and only its number and check value are kept, so that neither is
+// ever used again.
 const (
 	StatePrimary KeyState = "primary"
 	StateActive  KeyState = "active"
 	StateRetired KeyState = "retired"
+	StatePruned  KeyState = "pruned"
 )
 
 // KeyInfo describes one key version for operators. It never holds key bytes.
@@ -65,6 +68,10 @@ type KeyInfo struct {
 	KeyID   string    `json:"key_id"`
 	State   KeyState  `json:"state"`
 	Created time.Time `json:"created"`
+	// Check is a key check value: a short public fingerprint of the key
+	// bytes, equal on two nodes only if they hold the same key. Empty when
+	// the backend keeps the key out of reach (Vault).
+	Check string `json:"check,omitempty"`
 }
 
 // Rotator is implemented by providers that can create a new primary key

@@ -48,30 +48,53 @@ func (b *LocalBackend) Describe() string {
 	return fmt.Sprintf("local keyring %v", b.Paths)
 }
 
-// Current returns the primary version, checking that every copy holds the
-// same keyring with the same primary.
+// Current returns the primary version, after checking that every copy
+// holds the same keyring, with the same primary, and the same key under
+// every version number that two copies share (by check value). A copy
+// that differs is named: promoting on top of diverged copies would leave
+// each node unable to read what the others write.
 func (b *LocalBackend) Current(context.Context) (KeyVersion, error) {
 	var cur KeyVersion
-	var id string
+	var first *local.Keyring
 	for i, p := range b.Paths {
-		k, err := local.Load(p)
+		k, err := local.Read(p)
 		if err != nil {
 			return KeyVersion{}, err
 		}
 		prim := k.Primary()
 		v := KeyVersion{Version: prim.Version, KeyID: k.KeyID(prim.Version)}
 		if i == 0 {
-			cur, id = v, k.ID
+			cur, first = v, k
 			continue
 		}
-		if k.ID != id {
-			return KeyVersion{}, fmt.Errorf("keyring %s has id %s, but %s has %s: every node must hold the same keyring", p, k.ID, b.Paths[0], id)
+		if k.ID != first.ID {
+			return KeyVersion{}, fmt.Errorf("keyring %s has id %s, but %s has %s: every node must hold the same keyring", p, k.ID, b.Paths[0], first.ID)
+		}
+		if err := SameKeys(b.Paths[0], first.Infos(), p, k.Infos()); err != nil {
+			return KeyVersion{}, err
 		}
 		if v != cur {
 			return KeyVersion{}, fmt.Errorf("keyring %s has primary %s, but %s has %s: finish or undo the earlier rotation first", p, v.KeyID, b.Paths[0], cur.KeyID)
 		}
 	}
 	return cur, nil
+}
+
+// SameKeys checks that two nodes' views of one keyring (a file, or what a
+// plugin reports it has loaded) hold the same key under every version
+// number they share, by check value, and names the one that differs.
+func SameKeys(refName string, ref []providers.KeyInfo, name string, got []providers.KeyInfo) error {
+	checks := make(map[int64]string, len(ref))
+	for _, v := range ref {
+		checks[v.Version] = v.Check
+	}
+	for _, v := range got {
+		want, ok := checks[v.Version]
+		if ok && want != "" && v.Check != "" && want != v.Check {
+			return fmt.Errorf("%s holds another key than %s under version %d (check %s, %s has %s): the keyrings have diverged; copy one file to every node (docs/keyring.md) before rotating", name, refName, v.Version, v.Check, refName, want)
+		}
+	}
+	return nil
 }
 
 // Add adds a version to the first keyring (or adopts the newest usable
@@ -88,7 +111,7 @@ func (b *LocalBackend) Add(_ context.Context, after int64) (KeyVersion, error) {
 		var newest *local.Version
 		for i := range k.Versions {
 			v := &k.Versions[i]
-			if v.Version > after && v.State != providers.StateRetired && (newest == nil || v.Version > newest.Version) {
+			if v.Version > after && usable(v.State) && (newest == nil || v.Version > newest.Version) {
 				newest = v
 			}
 		}
@@ -115,15 +138,9 @@ func (b *LocalBackend) Add(_ context.Context, after int64) (KeyVersion, error) {
 			if k.ID != ring.ID {
 				return fmt.Errorf("keyring id %s differs from %s's %s", k.ID, b.Paths[0], ring.ID)
 			}
-			if v := k.Find(added.Version); v != nil {
-				if !slices.Equal(v.Key, added.Key) {
-					return fmt.Errorf("version %d has another key than in %s; restore this keyring from %s", added.Version, b.Paths[0], b.Paths[0])
-				}
-				return nil
+			if err := k.Import(added); err != nil {
+				return fmt.Errorf("%w; copy %s over it", err, b.Paths[0])
 			}
-			c := added
-			c.State = providers.StateActive
-			k.Versions = append(k.Versions, c)
 			return nil
 		})
 		if err != nil {
@@ -154,7 +171,7 @@ func (b *LocalBackend) Retire(_ context.Context, keep KeyVersion) ([]string, err
 				return fmt.Errorf("primary is version %d, not %d", prim.Version, keep.Version)
 			}
 			for _, v := range k.Versions {
-				if v.Version != keep.Version && v.State != providers.StateRetired {
+				if v.Version != keep.Version && usable(v.State) {
 					if err := k.Retire(v.Version); err != nil {
 						return err
 					}
@@ -173,4 +190,9 @@ func (b *LocalBackend) Retire(_ context.Context, keep KeyVersion) ([]string, err
 	}
 	slices.Sort(ids)
 	return ids, nil
+}
+
+// usable reports whether a version in state s can still decrypt.
+func usable(s providers.KeyState) bool {
+	return s == providers.StatePrimary || s == providers.StateActive
 }

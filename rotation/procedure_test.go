@@ -124,6 +124,36 @@ func TestLocalBackendRefuses(t *testing.T) {
 	}
 }
 
+// TestLocalBackendRefusesDivergedCopies: an operator ran "keyring add" on
+// each node instead of copying one file. Current, which rotate runs before
+// anything else, refuses and names the copy that differs; nothing changes.
+func TestLocalBackendRefusesDivergedCopies(t *testing.T) {
+	ctx := context.Background()
+	paths := newKeyrings(t, 3)
+	for _, p := range paths {
+		if _, err := local.Update(p, func(k *local.Keyring) error { _, err := k.Add(time.Now()); return err }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := make([][]byte, len(paths))
+	for i, p := range paths {
+		before[i], _ = os.ReadFile(p)
+	}
+	be := &LocalBackend{Paths: paths}
+	_, err := be.Current(ctx)
+	if err == nil || !strings.Contains(err.Error(), paths[1]) || !strings.Contains(err.Error(), "version 2") {
+		t.Fatalf("Current() over diverged copies = %v, want a refusal naming %s and version 2", err, paths[1])
+	}
+	if _, err := be.Add(ctx, 1); err == nil {
+		t.Errorf("Add() over diverged copies succeeded")
+	}
+	for i, p := range paths {
+		if after, _ := os.ReadFile(p); !bytes.Equal(after, before[i]) {
+			t.Errorf("%s changed although the rotation was refused", p)
+		}
+	}
+}
+
 // fakeRun builds a Procedure over one keyring whose plugin and apiserver
 // follow the keyring at once, and whose etcd holds what verify returns.
 func fakeRun(t *testing.T, offenders *int64) (*Procedure, *bytes.Buffer) {

@@ -20,9 +20,19 @@ func newKeyringCmd() *cobra.Command {
 
 Every change is written atomically (temporary file, fsync, rename) under a
 lock, and a running plugin picks it up within its --keyring-reload-interval.
-On an HA control plane, rotate in two phases: "add" on every node, then
-"promote" on every node, so that every node can decrypt a key before any
-node encrypts with it.`,
+
+On an HA control plane every node must hold the same keys, so never run
+"add" or "rotate" on more than one node: each run makes fresh random key
+bytes. Rotate in two phases instead:
+
+  1. "add" on ONE node;
+  2. copy that keyring file to every other node (keep owner and mode 0600);
+  3. once every plugin has loaded it ("kmsctl status" on each node shows
+     the new version with the same CHECK), "promote" on every node.
+
+"kmsctl rotate --backend local" does all of this, and refuses to promote
+while any node's keyring or plugin differs. A key_id carries the key's
+check value, so two different keys never share a key_id.`,
 	}
 	cmd.PersistentFlags().StringVar(&path, "keyring", "", "path of the keyring file (required)")
 	_ = cmd.MarkPersistentFlagRequired("keyring")
@@ -52,13 +62,13 @@ node encrypts with it.`,
 				}
 				return k.KeyID(v.Version), nil
 			}),
-		keyringChange(&path, "add", "Add a version that decrypts but does not encrypt yet (phase 1 of an HA rotation)",
+		keyringChange(&path, "add", "Add a version that decrypts but does not encrypt yet (phase 1 of an HA rotation: on one node, then copy the file)",
 			func(k *local.Keyring) (string, error) {
 				v, err := k.Add(time.Now())
 				if err != nil {
 					return "", err
 				}
-				return fmt.Sprintf("%s (version %d, active; promote it with --version %d once every node has it)", k.KeyID(v.Version), v.Version, v.Version), nil
+				return fmt.Sprintf("%s (version %d, active; copy this file to every other node, then promote it with --version %d everywhere)", k.KeyID(v.Version), v.Version, v.Version), nil
 			}),
 		keyringVersionChange(&path, "promote", "Make a version primary (phase 2 of an HA rotation)", (*local.Keyring).Promote),
 		keyringVersionChange(&path, "retire", "Retire a version: it no longer decrypts (refuses the primary)", (*local.Keyring).Retire),
@@ -69,7 +79,7 @@ node encrypts with it.`,
 				if err := k.Prune(v); err != nil {
 					return "", err
 				}
-				return fmt.Sprintf("%s: version %d deleted; copies of the keyring made earlier still hold it", id, v), nil
+				return fmt.Sprintf("%s: version %d's key deleted (its number stays used); copies of the keyring made earlier still hold it", id, v), nil
 			}),
 		newKeyringListCmd(&path),
 	)
@@ -143,9 +153,9 @@ func printKeyInfos(cmd *cobra.Command, out output, infos []providers.KeyInfo) er
 		return printJSON(cmd.OutOrStdout(), infos)
 	}
 	tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "VERSION\tSTATE\tCREATED\tKEY_ID")
+	fmt.Fprintln(tw, "VERSION\tSTATE\tCREATED\tCHECK\tKEY_ID")
 	for _, i := range infos {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", i.Version, i.State, i.Created.Format(time.RFC3339), i.KeyID)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", i.Version, i.State, i.Created.Format(time.RFC3339), dash(i.Check), i.KeyID)
 	}
 	return tw.Flush()
 }

@@ -2,6 +2,7 @@ package local
 
 import (
 	"bytes"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
@@ -19,47 +20,79 @@ import (
 	"github.com/kms-plugin/kms-plugin/providers"
 )
 
-// Keyring file format, version 1: JSON, so that an operator can read it
+// Keyring file format, version 2: JSON, so that an operator can read it
 // (key bytes aside) and diff it.
 //
 //	{
 //	  "kind": "kms-plugin-keyring",
-//	  "format": 1,
+//	  "format": 2,
 //	  "id": "<16 random hex digits, new for every keyring>",
-//	  "versions": [{"version": 1, "state": "primary", "created": "...", "key": "<base64 of 32 bytes>"}],
+//	  "next_version": 4,
+//	  "legacy_key_ids_below": 2,
+//	  "versions": [
+//	    {"version": 1, "state": "active", "created": "...", "check": "<16 hex>", "key": "<base64 of 32 bytes>"},
+//	    {"version": 2, "state": "pruned", "created": "...", "check": "<16 hex>"},
+//	    {"version": 3, "state": "primary", "created": "...", "check": "<16 hex>", "key": "..."}
+//	  ],
 //	  "checksum": "sha256:<hex of the document with checksum empty>"
 //	}
 //
+// A key_id names the key bytes, not only the slot: it carries the
+// version's check value, "local:<id>:v<N>:<check>", so that two different
+// keys never share a key_id, whatever happens to the file: an independent
+// "add" on two nodes, a prune then a rotate, a restored backup then a
+// rotate. next_version only grows and a pruned version leaves a tombstone
+// (no key bytes), so a version number is never given to a second key
+// either.
+//
+// Format 1 had neither; it is read and upgraded on the next write. Its
+// versions keep their key_ids ("local:<id>:v<N>", without the check):
+// legacy_key_ids_below records which versions those are, so that stored
+// ciphertexts keep decrypting.
+//
 // The checksum catches corruption that still parses (a flipped bit in a key
-// or a state). It is not a MAC: whoever can write the file holds the keys.
+// or a state); each version's check also catches a changed key. Neither is
+// a MAC: whoever can write the file holds the keys.
 const (
-	fileKind   = "kms-plugin-keyring"
-	fileFormat = 1
-	keySize    = 32
-	idBytes    = 8
-	// maxVersions bounds the keyring; rotating weekly for 20 years stays far below.
+	fileKind       = "kms-plugin-keyring"
+	fileFormat     = 2
+	fileFormatV1   = 1
+	keySize        = 32
+	idBytes        = 8
+	checkHexDigits = 16
+	// maxVersions bounds the keyring, tombstones included; rotating weekly
+	// for 20 years stays far below.
 	maxVersions = 4096
 	// maxFileSize bounds what Load reads.
 	maxFileSize = 4 << 20
 )
 
-var idPattern = regexp.MustCompile(`^[0-9a-f]{16}$`)
+var (
+	idPattern    = regexp.MustCompile(`^[0-9a-f]{16}$`)
+	checkPattern = regexp.MustCompile(`^[0-9a-f]{16}$`)
+)
 
 // Keyring is a set of versioned 256-bit key-encryption keys.
 type Keyring struct {
-	Kind     string    `json:"kind"`
-	Format   int       `json:"format"`
-	ID       string    `json:"id"`
-	Versions []Version `json:"versions"`
-	Checksum string    `json:"checksum"`
+	Kind   string `json:"kind"`
+	Format int    `json:"format"`
+	ID     string `json:"id"`
+	// NextVersion is the number the next new version gets. It only grows.
+	NextVersion int64 `json:"next_version,omitempty"`
+	// LegacyBelow: versions below it were made in format 1 and keep
+	// key_ids without a check value.
+	LegacyBelow int64     `json:"legacy_key_ids_below,omitempty"`
+	Versions    []Version `json:"versions"`
+	Checksum    string    `json:"checksum"`
 }
 
-// Version is one key version.
+// Version is one key version. A pruned version has no Key.
 type Version struct {
 	Version int64              `json:"version"`
 	State   providers.KeyState `json:"state"`
 	Created time.Time          `json:"created"`
-	Key     []byte             `json:"key"`
+	Check   string             `json:"check,omitempty"`
+	Key     []byte             `json:"key,omitempty"`
 }
 
 // New returns a keyring with a fresh random id and one primary version.
@@ -68,7 +101,7 @@ func New(now time.Time) (*Keyring, error) {
 	if _, err := rand.Read(id); err != nil {
 		return nil, fmt.Errorf("generate keyring id: %w", err)
 	}
-	k := &Keyring{Kind: fileKind, Format: fileFormat, ID: hex.EncodeToString(id)}
+	k := &Keyring{Kind: fileKind, Format: fileFormat, ID: hex.EncodeToString(id), NextVersion: 1}
 	if _, err := k.Add(now); err != nil {
 		return nil, err
 	}
@@ -76,28 +109,65 @@ func New(now time.Time) (*Keyring, error) {
 	return k, nil
 }
 
-// KeyID returns the public key_id of version v: the keyring's random id and
-// the version number. It holds no key material, is stable for the life of
-// the version, and is never reused because every keyring has a new id.
+// checkLabel is the fixed message whose HMAC under a key is its check value.
+const checkLabel = "kms-plugin key check value v1"
+
+// CheckValue returns the key check value of key: the first 8 bytes of
+// HMAC-SHA256(key, checkLabel), in hex. It is public (it goes into key_ids
+// in etcd) and reveals nothing of the key, but two keys share it only by a
+// 2^-64 accident, so nodes compare it to prove they hold the same key.
+func CheckValue(key []byte) string {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(checkLabel))
+	return hex.EncodeToString(m.Sum(nil)[:checkHexDigits/2])
+}
+
+// KeyID returns the public key_id of version v: "local:<id>:v<N>:<check>",
+// or "local:<id>:v<N>" for a version made in format 1. It holds no key
+// material, is stable for the life of the version, and names the key
+// bytes, so it is never shared by two different keys.
 func (k *Keyring) KeyID(v int64) string {
-	return "local:" + k.ID + ":v" + strconv.FormatInt(v, 10)
+	check := ""
+	if t := k.Find(v); t != nil {
+		check = t.Check
+	}
+	return keyIDOf(k.ID, v, check, v < k.LegacyBelow)
+}
+
+func keyIDOf(ring string, v int64, check string, legacy bool) string {
+	id := "local:" + ring + ":v" + strconv.FormatInt(v, 10)
+	if legacy {
+		return id
+	}
+	return id + ":" + check
+}
+
+// keyIDParts is a key_id split by parseKeyID.
+type keyIDParts struct {
+	ring  string
+	v     int64
+	check string // "" for a format 1 key_id
 }
 
 // parseKeyID splits a key_id made by KeyID.
-func parseKeyID(s string) (ring string, v int64, ok bool) {
+func parseKeyID(s string) (keyIDParts, bool) {
 	rest, ok := strings.CutPrefix(s, "local:")
 	if !ok {
-		return "", 0, false
+		return keyIDParts{}, false
 	}
 	ring, vs, ok := strings.Cut(rest, ":v")
 	if !ok {
-		return "", 0, false
+		return keyIDParts{}, false
+	}
+	vs, check, hasCheck := strings.Cut(vs, ":")
+	if hasCheck && !checkPattern.MatchString(check) {
+		return keyIDParts{}, false
 	}
 	v, err := strconv.ParseInt(vs, 10, 64)
 	if err != nil || v < 1 {
-		return "", 0, false
+		return keyIDParts{}, false
 	}
-	return ring, v, true
+	return keyIDParts{ring: ring, v: v, check: check}, true
 }
 
 // keyRef encodes a version number for the ciphertext envelope.
@@ -134,22 +204,62 @@ func (k *Keyring) Find(v int64) *Version {
 	return nil
 }
 
+// nextVersion is the number the next version gets: NextVersion, but never
+// one that is present.
+func (k *Keyring) nextVersion() int64 {
+	next := max(k.NextVersion, 1)
+	for _, v := range k.Versions {
+		next = max(next, v.Version+1)
+	}
+	return next
+}
+
 // Add appends a new active version with a fresh random key and returns it.
-// It does not make the version primary: see Promote.
+// It does not make the version primary: see Promote. Its number was never
+// used in this keyring, not even by a pruned version.
 func (k *Keyring) Add(now time.Time) (*Version, error) {
 	if len(k.Versions) >= maxVersions {
 		return nil, fmt.Errorf("keyring holds %d versions, the maximum; retire and prune old ones first", len(k.Versions))
+	}
+	next := k.nextVersion()
+	if next > maxVersionNumber {
+		return nil, fmt.Errorf("keyring has used every version number up to %d", maxVersionNumber)
 	}
 	key := make([]byte, keySize)
 	if _, err := rand.Read(key); err != nil {
 		return nil, fmt.Errorf("generate key: %w", err)
 	}
-	var next int64 = 1
-	for _, v := range k.Versions {
-		next = max(next, v.Version+1)
-	}
-	k.Versions = append(k.Versions, Version{Version: next, State: providers.StateActive, Created: now.UTC().Truncate(time.Second), Key: key})
+	k.NextVersion = next + 1
+	k.Versions = append(k.Versions, Version{Version: next, State: providers.StateActive, Created: now.UTC().Truncate(time.Second), Check: CheckValue(key), Key: key})
 	return &k.Versions[len(k.Versions)-1], nil
+}
+
+// Import adds v, a version copied from another copy of this keyring (the
+// file of another control-plane node), as an active version. It does
+// nothing if this copy holds the same key under that version already, and
+// refuses if it holds another: the copies have diverged.
+func (k *Keyring) Import(v Version) error {
+	if len(v.Key) != keySize || CheckValue(v.Key) != v.Check {
+		return fmt.Errorf("import version %d: not a valid key version", v.Version)
+	}
+	if have := k.Find(v.Version); have != nil {
+		if have.Check != v.Check {
+			return fmt.Errorf("import version %d: this keyring holds another key under that version (check %s, importing %s); the copies have diverged", v.Version, have.Check, v.Check)
+		}
+		return nil
+	}
+	if len(k.Versions) >= maxVersions {
+		return fmt.Errorf("keyring holds %d versions, the maximum; retire and prune old ones first", len(k.Versions))
+	}
+	if v.Version < k.LegacyBelow {
+		return fmt.Errorf("import version %d: it is below the format 1 versions of this copy; copy the whole file instead", v.Version)
+	}
+	c := v
+	c.Key = slices.Clone(v.Key)
+	c.State = providers.StateActive
+	k.Versions = append(k.Versions, c)
+	k.NextVersion = max(k.NextVersion, v.Version+1)
+	return nil
 }
 
 // Promote makes version v primary; the previous primary becomes active.
@@ -158,6 +268,8 @@ func (k *Keyring) Promote(v int64) error {
 	switch {
 	case t == nil:
 		return fmt.Errorf("promote version %d: %w", v, providers.ErrKeyNotFound)
+	case t.State == providers.StatePruned:
+		return fmt.Errorf("promote version %d: it was pruned; its key is gone: %w", v, providers.ErrKeyNotFound)
 	case t.State == providers.StateRetired:
 		return fmt.Errorf("promote version %d: it is retired: %w", v, providers.ErrKeyRetired)
 	case t.State == providers.StatePrimary:
@@ -191,6 +303,8 @@ func (k *Keyring) Retire(v int64) error {
 		return fmt.Errorf("retire version %d: %w", v, providers.ErrKeyNotFound)
 	case t.State == providers.StatePrimary:
 		return fmt.Errorf("retire version %d: it is the primary version; rotate or promote another first: %w", v, providers.ErrInvalidArgument)
+	case t.State == providers.StatePruned:
+		return nil // already further along than retired
 	}
 	t.State = providers.StateRetired
 	return nil
@@ -203,26 +317,34 @@ func (k *Keyring) Reactivate(v int64) error {
 	switch {
 	case t == nil:
 		return fmt.Errorf("reactivate version %d: %w", v, providers.ErrKeyNotFound)
+	case t.State == providers.StatePruned:
+		return fmt.Errorf("reactivate version %d: it was pruned; its key is gone: %w", v, providers.ErrKeyNotFound)
 	case t.State == providers.StateRetired:
 		t.State = providers.StateActive
 	}
 	return nil
 }
 
-// Prune deletes a retired version, key bytes and all, so that no copy of
-// the keyring made from now on can decrypt what it protected. It refuses a
+// Prune deletes a retired version's key bytes, so that no copy of the
+// keyring made from now on can decrypt what it protected. The version
+// stays as a tombstone (number, creation time, check value, no key) so
+// that its number and key_id are never used for another key. It refuses a
 // version that is not retired: retire first, and prune only once nothing
-// needs it (kmsctl verify) and backups made before are handled.
+// needs it (kmsctl verify) and backups made before are handled. Pruning a
+// pruned version does nothing.
 func (k *Keyring) Prune(v int64) error {
 	t := k.Find(v)
 	switch {
 	case t == nil:
 		return fmt.Errorf("prune version %d: %w", v, providers.ErrKeyNotFound)
+	case t.State == providers.StatePruned:
+		return nil
 	case t.State != providers.StateRetired:
 		return fmt.Errorf("prune version %d: it is %s; retire it first: %w", v, t.State, providers.ErrInvalidArgument)
 	}
 	clear(t.Key)
-	k.Versions = slices.DeleteFunc(k.Versions, func(x Version) bool { return x.Version == v })
+	t.Key = nil
+	t.State = providers.StatePruned
 	return nil
 }
 
@@ -230,19 +352,21 @@ func (k *Keyring) Prune(v int64) error {
 func (k *Keyring) Infos() []providers.KeyInfo {
 	out := make([]providers.KeyInfo, 0, len(k.Versions))
 	for _, v := range k.Versions {
-		out = append(out, providers.KeyInfo{Version: v.Version, KeyID: k.KeyID(v.Version), State: v.State, Created: v.Created})
+		out = append(out, providers.KeyInfo{Version: v.Version, KeyID: k.KeyID(v.Version), State: v.State, Created: v.Created, Check: v.Check})
 	}
 	return out
 }
 
 // Validate checks the keyring's structure: kind, format, id, unique
-// positive version numbers, 32-byte keys, known states, exactly one primary.
+// positive version numbers below next_version, 32-byte keys whose check
+// values match (no key for a pruned version), known states, exactly one
+// primary.
 func (k *Keyring) Validate() error {
 	if k.Kind != fileKind {
 		return fmt.Errorf("kind is %s, want %q", shown(k.Kind), fileKind)
 	}
 	if k.Format != fileFormat {
-		return fmt.Errorf("unsupported format %d (this kms-plugin reads format %d)", k.Format, fileFormat)
+		return fmt.Errorf("unsupported format %d (this kms-plugin reads formats %d and %d)", k.Format, fileFormatV1, fileFormat)
 	}
 	if !idPattern.MatchString(k.ID) {
 		return errors.New("id must be 16 lowercase hex digits")
@@ -250,24 +374,40 @@ func (k *Keyring) Validate() error {
 	if len(k.Versions) == 0 || len(k.Versions) > maxVersions {
 		return fmt.Errorf("keyring has %d versions; want 1 to %d", len(k.Versions), maxVersions)
 	}
+	if k.NextVersion < 1 || k.NextVersion > maxVersionNumber+1 || k.LegacyBelow < 0 || k.LegacyBelow > k.NextVersion {
+		return fmt.Errorf("next_version %d or legacy_key_ids_below %d out of range", k.NextVersion, k.LegacyBelow)
+	}
 	seen := make(map[int64]bool, len(k.Versions))
 	primaries := 0
 	for _, v := range k.Versions {
 		switch {
 		case v.Version < 1 || v.Version > maxVersionNumber:
 			return fmt.Errorf("version number %d out of range", v.Version)
+		case v.Version >= k.NextVersion:
+			return fmt.Errorf("version %d is not below next_version %d", v.Version, k.NextVersion)
 		case seen[v.Version]:
 			return fmt.Errorf("version %d appears twice", v.Version)
-		case len(v.Key) != keySize:
-			return fmt.Errorf("version %d: key is %d bytes, want %d", v.Version, len(v.Key), keySize)
 		}
 		seen[v.Version] = true
 		switch v.State {
+		case providers.StatePruned:
+			if len(v.Key) != 0 {
+				return fmt.Errorf("version %d is pruned but still holds a key", v.Version)
+			}
 		case providers.StatePrimary:
 			primaries++
 		case providers.StateActive, providers.StateRetired:
 		default:
 			return fmt.Errorf("version %d: unknown state %s", v.Version, shown(string(v.State)))
+		}
+		if v.State != providers.StatePruned && len(v.Key) != keySize {
+			return fmt.Errorf("version %d: key is %d bytes, want %d", v.Version, len(v.Key), keySize)
+		}
+		if !checkPattern.MatchString(v.Check) {
+			return fmt.Errorf("version %d: check must be 16 lowercase hex digits", v.Version)
+		}
+		if v.State != providers.StatePruned && CheckValue(v.Key) != v.Check {
+			return fmt.Errorf("version %d: the key does not match its check value; the file is corrupt or was edited by hand", v.Version)
 		}
 	}
 	if primaries != 1 {
@@ -323,17 +463,47 @@ func Parse(b []byte) (*Keyring, error) {
 	if dec.More() {
 		return nil, errors.New("keyring file has trailing data")
 	}
-	if err := k.Validate(); err != nil {
-		return nil, fmt.Errorf("invalid keyring: %w", err)
-	}
+	// The checksum covers the document as written, in its own format;
+	// structural errors are reported first, as they say more.
 	want, err := k.checksum()
 	if err != nil {
 		return nil, err
+	}
+	if k.Format == fileFormatV1 {
+		if err := k.upgradeV1(); err != nil {
+			return nil, fmt.Errorf("invalid keyring: %w", err)
+		}
+	}
+	if err := k.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid keyring: %w", err)
 	}
 	if k.Checksum != want {
 		return nil, errors.New("keyring checksum mismatch: the file is corrupt or was edited by hand")
 	}
 	return &k, nil
+}
+
+// upgradeV1 turns a format 1 keyring into format 2 in memory: each version
+// gets its check value, and keeps its format 1 key_id. The next write
+// stores format 2.
+func (k *Keyring) upgradeV1() error {
+	if k.NextVersion != 0 || k.LegacyBelow != 0 {
+		return errors.New("format 1 has no next_version or legacy_key_ids_below")
+	}
+	var top int64
+	for i, v := range k.Versions {
+		if v.Check != "" || v.State == providers.StatePruned {
+			return fmt.Errorf("version %d: format 1 has no check values or pruned versions", v.Version)
+		}
+		if len(v.Key) == keySize {
+			k.Versions[i].Check = CheckValue(v.Key)
+		}
+		top = max(top, v.Version)
+	}
+	k.Format = fileFormat
+	k.NextVersion = top + 1
+	k.LegacyBelow = top + 1
+	return nil
 }
 
 // shown quotes a value read from the file for an error message only if it

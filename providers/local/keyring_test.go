@@ -41,7 +41,9 @@ func TestParseRejectsBadFiles(t *testing.T) {
 		"short key":      {edit(keyB64, base64.StdEncoding.EncodeToString([]byte("short"))), "key is 5 bytes"},
 		"bad base64 key": {edit(keyB64, "!!!!"), "not valid base64"},
 		"bad id":         {edit(k.ID, "NOT-HEX-NOT-HEX!"), "id must be"},
-		"future format":  {edit(`"format": 1`, `"format": 2`), "unsupported format 2"},
+		"future format":  {edit(`"format": 2`, `"format": 3`), "unsupported format 3"},
+		"reused version": {edit(`"next_version": 2`, `"next_version": 1`), "not below next_version"},
+		"changed key":    {edit(k.Versions[0].Check, "0123456789abcdef"), "does not match its check value"},
 	}
 	for name, c := range cases {
 		_, err := Parse(c.in)
@@ -88,7 +90,7 @@ func TestKeyringOperations(t *testing.T) {
 	if err := k.Promote(1); !errors.Is(err, providers.ErrKeyRetired) {
 		t.Errorf("Promote(retired) = %v, want ErrKeyRetired", err)
 	}
-	if got, want := k.KeyID(2), "local:"+k.ID+":v2"; got != want {
+	if got, want := k.KeyID(2), "local:"+k.ID+":v2:"+k.Find(2).Check; got != want {
 		t.Errorf("KeyID(2) = %q, want %q", got, want)
 	}
 	other, _ := New(time.Now())
@@ -301,16 +303,19 @@ func TestDecryptErrors(t *testing.T) {
 	p := openProvider(t, path)
 	k, _ := p.Current()
 	ct, _ := p.Encrypt(ctx, k, []byte("x"), nil)
-	ring, _, _ := parseKeyID(k.ID)
+	id, _ := parseKeyID(k.ID)
+	ring := id.ring
 	cases := map[string]struct {
 		key  providers.Key
 		want error
 	}{
-		"other keyring":   {providers.Key{ID: "local:0123456789abcdef:v1", Ref: k.Ref}, providers.ErrKeyNotFound},
-		"unknown version": {providers.Key{ID: "local:" + ring + ":v7", Ref: keyRef(7)}, providers.ErrKeyNotFound},
-		"id/ref mismatch": {providers.Key{ID: "local:" + ring + ":v2", Ref: k.Ref}, providers.ErrInvalidCiphertext},
-		"foreign key_id":  {providers.Key{ID: "vault:transit/k:v1:1", Ref: k.Ref}, providers.ErrInvalidCiphertext},
-		"bad ref":         {providers.Key{ID: k.ID, Ref: []byte{0}}, providers.ErrInvalidCiphertext},
+		"other keyring":                    {providers.Key{ID: "local:0123456789abcdef:v1", Ref: k.Ref}, providers.ErrKeyNotFound},
+		"unknown version":                  {providers.Key{ID: "local:" + ring + ":v7", Ref: keyRef(7)}, providers.ErrKeyNotFound},
+		"id/ref mismatch":                  {providers.Key{ID: "local:" + ring + ":v2", Ref: k.Ref}, providers.ErrInvalidCiphertext},
+		"other key, same version":          {providers.Key{ID: "local:" + ring + ":v1:0123456789abcdef", Ref: k.Ref}, providers.ErrKeyNotFound},
+		"format 1 key_id of a new version": {providers.Key{ID: "local:" + ring + ":v1", Ref: k.Ref}, providers.ErrKeyNotFound},
+		"foreign key_id":                   {providers.Key{ID: "vault:transit/k:v1:1", Ref: k.Ref}, providers.ErrInvalidCiphertext},
+		"bad ref":                          {providers.Key{ID: k.ID, Ref: []byte{0}}, providers.ErrInvalidCiphertext},
 	}
 	for name, c := range cases {
 		if _, err := p.Decrypt(ctx, c.key, ct, nil); !errors.Is(err, c.want) {
@@ -371,7 +376,10 @@ func TestPruneReloadsAndForgetsTheKey(t *testing.T) {
 		t.Errorf("Decrypt under a pruned version = %v, want ErrKeyNotFound", err)
 	}
 	k, _ := Read(path)
-	if k.Find(1) != nil || len(k.Versions) != 1 {
-		t.Errorf("keyring after prune has versions %+v, want only 2", k.Infos())
+	if v := k.Find(1); v == nil || v.State != providers.StatePruned || v.Key != nil || v.Check == "" {
+		t.Errorf("version 1 after prune = %+v, want a tombstone: pruned, no key, its check kept", v)
+	}
+	if v, err := k.Add(time.Now()); err != nil || v.Version != 3 {
+		t.Errorf("Add() after prune = %+v, %v; want version 3: a pruned number is never reused", v, err)
 	}
 }

@@ -10,7 +10,6 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
-	"crypto/sha256"
 	"fmt"
 	"log/slog"
 	"os"
@@ -46,7 +45,8 @@ type loaded struct {
 	primary providers.Key
 	aeads   map[int64]cipher.AEAD // primary and active versions only
 	states  map[int64]providers.KeyState
-	keys    map[int64][32]byte // SHA-256 of each key, to detect a changed key on reload without keeping a second copy of the key bytes
+	checks  map[int64]string // check value of each version, to detect a changed key on reload
+	ids     map[int64]string // key_id of each version
 	infos   []providers.KeyInfo
 }
 
@@ -103,13 +103,15 @@ func prepare(k *Keyring) (*loaded, error) {
 		id:     k.ID,
 		aeads:  make(map[int64]cipher.AEAD, len(k.Versions)),
 		states: make(map[int64]providers.KeyState, len(k.Versions)),
-		keys:   make(map[int64][32]byte, len(k.Versions)),
+		checks: make(map[int64]string, len(k.Versions)),
+		ids:    make(map[int64]string, len(k.Versions)),
 		infos:  k.Infos(),
 	}
 	for _, v := range k.Versions {
 		l.states[v.Version] = v.State
-		l.keys[v.Version] = sha256.Sum256(v.Key)
-		if v.State == providers.StateRetired {
+		l.checks[v.Version] = v.Check
+		l.ids[v.Version] = k.KeyID(v.Version)
+		if v.State == providers.StateRetired || v.State == providers.StatePruned {
 			continue
 		}
 		block, err := aes.NewCipher(v.Key)
@@ -165,26 +167,33 @@ func (p *Provider) Decrypt(_ context.Context, key providers.Key, ciphertext, aad
 	return pt, nil
 }
 
-// aead finds the cipher for key after checking that key.ID names the same
-// keyring and version as key.Ref.
+// aead finds the cipher for key after checking that key.ID names this
+// keyring, the version in key.Ref, and the very key bytes this keyring
+// holds for it: a key_id made on a node whose keyring diverged (another
+// key under the same version) is "key not found", not an authentication
+// failure that would look like tampering.
 func (l *loaded) aead(key providers.Key) (cipher.AEAD, error) {
 	v, err := parseKeyRef(key.Ref)
 	if err != nil {
 		return nil, err
 	}
-	ring, idv, ok := parseKeyID(key.ID)
+	id, ok := parseKeyID(key.ID)
 	switch {
 	case !ok:
 		return nil, fmt.Errorf("key_id %q is not a local keyring key_id: %w", key.ID, providers.ErrInvalidCiphertext)
-	case ring != l.id:
-		return nil, fmt.Errorf("key_id %q belongs to keyring %s, but this plugin serves keyring %s: %w", key.ID, ring, l.id, providers.ErrKeyNotFound)
-	case idv != v:
+	case id.ring != l.id:
+		return nil, fmt.Errorf("key_id %q belongs to keyring %s, but this plugin serves keyring %s: %w", key.ID, id.ring, l.id, providers.ErrKeyNotFound)
+	case id.v != v:
 		return nil, fmt.Errorf("key_id %q does not match the ciphertext's key version %d: %w", key.ID, v, providers.ErrInvalidCiphertext)
 	}
 	state, ok := l.states[v]
 	switch {
 	case !ok:
 		return nil, fmt.Errorf("key version %d is not in keyring %s: %w", v, l.id, providers.ErrKeyNotFound)
+	case key.ID != l.ids[v]:
+		return nil, fmt.Errorf("key_id %q names another key than version %d of this keyring (%s): the keyring files of the control-plane nodes differ; copy one file to every node (docs/keyring.md): %w", key.ID, v, l.ids[v], providers.ErrKeyNotFound)
+	case state == providers.StatePruned:
+		return nil, fmt.Errorf("key version %d was pruned; its key is gone: %w", v, providers.ErrKeyNotFound)
 	case state == providers.StateRetired:
 		return nil, fmt.Errorf("key version %d is retired: %w", v, providers.ErrKeyRetired)
 	}
@@ -299,18 +308,22 @@ func (p *Provider) reloadLocked() error {
 
 // compatible refuses a reload that would make data unreadable: another
 // keyring, a version that vanished while still decrypting, or a version
-// whose key changed.
+// whose key or key_id changed. A version may go from any state to pruned
+// in one reload (retire then prune between two reloads): pruning is
+// deliberate, and kmsctl prunes only retired versions.
 func compatible(cur, next *loaded) error {
 	if cur.id != next.id {
 		return fmt.Errorf("it is a different keyring (id %s, serving %s); restart the plugin to switch keyrings deliberately", next.id, cur.id)
 	}
-	for v, key := range cur.keys {
-		nk, ok := next.keys[v]
+	for v, check := range cur.checks {
+		nc, ok := next.checks[v]
 		switch {
-		case !ok && cur.states[v] != providers.StateRetired:
+		case !ok && cur.states[v] != providers.StateRetired && cur.states[v] != providers.StatePruned:
 			return fmt.Errorf("version %d was removed while it can still decrypt; retire it first", v)
-		case ok && nk != key:
-			return fmt.Errorf("version %d has a different key than before", v)
+		case ok && nc != check:
+			return fmt.Errorf("version %d has a different key than before (check %s, was %s)", v, nc, check)
+		case ok && next.ids[v] != cur.ids[v]:
+			return fmt.Errorf("version %d would change key_id from %s to %s", v, cur.ids[v], next.ids[v])
 		}
 	}
 	return nil
