@@ -152,7 +152,12 @@ func TestServeSocketComesUpWhileHealthPortSquatted(t *testing.T) {
 	ready := make(chan struct{})
 	served := make(chan error, 1)
 	go func() { served <- Serve(ctx, cfg, okFake(), log, prometheus.NewRegistry(), func() { close(ready) }) }()
-	t.Cleanup(func() { cancel(); <-served })
+	t.Cleanup(func() {
+		cancel()
+		if err := <-served; err != nil {
+			t.Errorf("Serve() = %v after shutdown, want nil", err)
+		}
+	})
 	select {
 	case <-ready:
 	case err := <-served:

@@ -109,17 +109,17 @@ func Create(path string, k *Keyring) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("create keyring directory: %w", err)
 	}
-	real, err := realPath(path)
+	resolved, err := realPath(path)
 	if err != nil {
 		return err
 	}
-	return withLock(real, func() error {
-		if _, err := os.Lstat(real); err == nil {
+	return withLock(resolved, func() error {
+		if _, err := os.Lstat(resolved); err == nil {
 			return fmt.Errorf("keyring %s already exists; refusing to overwrite it", path)
 		} else if !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("stat keyring: %w", err)
 		}
-		return writeAtomic(real, k)
+		return writeAtomic(resolved, k)
 	})
 }
 
@@ -128,20 +128,20 @@ func Create(path string, k *Keyring) error {
 // is left as it was. A path through symbolic links acts on the real file,
 // which keeps its owner and mode; the links stay as they are.
 func Update(path string, change func(*Keyring) error) (*Keyring, error) {
-	real, err := realPath(path)
+	resolved, err := realPath(path)
 	if err != nil {
 		return nil, err
 	}
 	var out *Keyring
-	err = withLock(real, func() error {
-		k, err := Read(real)
+	err = withLock(resolved, func() error {
+		k, err := Read(resolved)
 		if err != nil {
 			return err
 		}
 		if err := change(k); err != nil {
 			return err
 		}
-		if err := writeAtomic(real, k); err != nil {
+		if err := writeAtomic(resolved, k); err != nil {
 			return err
 		}
 		out = k
@@ -157,9 +157,9 @@ func Update(path string, change func(*Keyring) error) (*Keyring, error) {
 // that does not exist yet, the directory is resolved; a link that points
 // nowhere is refused.
 func realPath(path string) (string, error) {
-	real, err := filepath.EvalSymlinks(path)
+	resolved, err := filepath.EvalSymlinks(path)
 	if err == nil {
-		return real, nil
+		return resolved, nil
 	}
 	if !errors.Is(err, fs.ErrNotExist) {
 		return "", fmt.Errorf("resolve keyring path %s: %w", path, err)
@@ -180,8 +180,8 @@ func realPath(path string) (string, error) {
 // Locking the directory leaves no lock file behind: a lock file created by
 // root would be unreadable to the plugin's user, and break the next
 // non-root run.
-func withLock(real string, fn func() error) error {
-	dir := filepath.Dir(real)
+func withLock(resolved string, fn func() error) error {
+	dir := filepath.Dir(resolved)
 	d, err := os.Open(dir)
 	if err != nil {
 		return fmt.Errorf("open keyring directory for locking: %w", err)
