@@ -9,13 +9,20 @@ GOLANGCI_LINT_VERSION := v2.15.0
 GOLANGCI_LINT := $(TOOLS)/golangci-lint-$(GOLANGCI_LINT_VERSION)/golangci-lint
 CYCLONEDX_GOMOD_VERSION := v1.10.0
 CYCLONEDX_GOMOD := $(TOOLS)/cyclonedx-gomod-$(CYCLONEDX_GOMOD_VERSION)/cyclonedx-gomod
+# The admin API's generated code: protoc from Debian's protobuf-compiler
+# (with libprotobuf-dev for the well-known types), plugins pinned here.
+PROTOC_GEN_GO_VERSION := v1.36.12
+PROTOC_GEN_GO := $(TOOLS)/protoc-gen-go-$(PROTOC_GEN_GO_VERSION)/protoc-gen-go
+PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
+PROTOC_GEN_GO_GRPC := $(TOOLS)/protoc-gen-go-grpc-$(PROTOC_GEN_GO_GRPC_VERSION)/protoc-gen-go-grpc
+PROTOS := kmsplugin/admin/v1/admin.proto
 GO_TEST ?= go test
 FUZZTIME ?= 30s
 SOAK_DURATION ?= 2m
 # Build tags that select tests against real servers; lint and vet see them all.
 TAGS := integration e2e soak bench
 
-.PHONY: help run build test unit servers integration e2e soak lint fmt vet golangci-lint fuzz bench gobench sbom clean
+.PHONY: help run build test unit servers integration e2e soak lint fmt vet golangci-lint fuzz bench gobench sbom proto proto-check clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -83,6 +90,21 @@ bench: ## benchmark suite: one table of side-by-side ratios (BENCHFLAGS=-short f
 
 gobench: ## go benchmarks (envelope, interceptor, socket round trip beside the no-op floor)
 	go test ./kms/ ./bench/ -run '^$$' -bench . -benchmem -count 3
+
+proto: $(PROTOC_GEN_GO) $(PROTOC_GEN_GO_GRPC) ## regenerate the Go code of proto/ (needs protoc: apt-get install protobuf-compiler libprotobuf-dev)
+	protoc -I proto -I /usr/include \
+	  --plugin=protoc-gen-go=$(PROTOC_GEN_GO) --go_out=proto --go_opt=paths=source_relative \
+	  --plugin=protoc-gen-go-grpc=$(PROTOC_GEN_GO_GRPC) --go-grpc_out=proto --go-grpc_opt=paths=source_relative \
+	  $(PROTOS)
+
+proto-check: proto ## fail if the committed generated code differs from what make proto writes
+	@git diff --exit-code -- proto/ || { echo "proto/: generated code is stale; run make proto and commit it"; exit 1; }
+
+$(PROTOC_GEN_GO):
+	GOBIN=$(dir $@) go install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+
+$(PROTOC_GEN_GO_GRPC):
+	GOBIN=$(dir $@) go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
 
 clean:
 	rm -rf $(BIN)

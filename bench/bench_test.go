@@ -202,7 +202,7 @@ func localServer(b *testing.B) *grpc.Server {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	h := kms.NewHealth(p, time.Hour, time.Second, log, m)
 	h.ProbeNow(context.Background())
-	return kms.NewGRPCServer(kms.NewServer(p, h, log, m))
+	return kms.NewGRPCServer(kms.NewServer(p, h, log, m), nil)
 }
 
 func serveGRPC(b testing.TB, gs *grpc.Server) kmsapi.KeyManagementServiceClient {

@@ -21,7 +21,7 @@ func TestOversizedRequestStrings(t *testing.T) {
 	var logs bytes.Buffer
 	log := slog.New(slog.NewJSONHandler(&syncWriter{w: &logs}, nil))
 	f := okFake()
-	srv := NewGRPCServer(NewServer(f, NewHealth(f, 0, 0, nil, nil), log, nil))
+	srv := NewGRPCServer(NewServer(f, NewHealth(f, 0, 0, nil, nil), log, nil), nil)
 	sock := filepath.Join(t.TempDir(), "kms.sock")
 	l, err := Listen(Endpoint{Address: sock}, SocketOptions{})
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 	kmsapi "k8s.io/kms/apis/v2"
 
+	adminv1 "github.com/kms-plugin/kms-plugin/proto/kmsplugin/admin/v1"
 	"github.com/kms-plugin/kms-plugin/providers"
 )
 
@@ -59,7 +60,7 @@ func Serve(ctx context.Context, cfg Config, provider providers.Provider, log *sl
 		shutdownHTTP(httpSrv)
 		return err
 	}
-	srv := NewGRPCServer(NewServer(provider, health, log, metrics))
+	srv := NewGRPCServer(NewServer(provider, health, log, metrics), NewAdmin(provider, cfg.ProviderName))
 
 	go health.Run(hctx)
 
@@ -137,9 +138,10 @@ const (
 	maxConcurrentStreams = 1024
 )
 
-// NewGRPCServer returns a gRPC server that serves s with the service's
-// interceptor (metrics, call logs, code mapping, panic recovery).
-func NewGRPCServer(s *Server) *grpc.Server {
+// NewGRPCServer returns a gRPC server that serves s, and admin unless it is
+// nil, with the service's interceptor (metrics, call logs, code mapping,
+// panic recovery).
+func NewGRPCServer(s *Server, admin *Admin) *grpc.Server {
 	srv := grpc.NewServer(
 		grpc.UnaryInterceptor(unaryInterceptor(s.log, s.metrics)),
 		grpc.ForceServerCodecV2(newZeroingCodec()),
@@ -147,6 +149,9 @@ func NewGRPCServer(s *Server) *grpc.Server {
 		grpc.MaxConcurrentStreams(maxConcurrentStreams),
 	)
 	kmsapi.RegisterKeyManagementServiceServer(srv, s)
+	if admin != nil {
+		adminv1.RegisterAdminServer(srv, admin)
+	}
 	return srv
 }
 

@@ -11,7 +11,7 @@ import (
 	"github.com/kms-plugin/kms-plugin/providers"
 )
 
-// Limits that kube-apiserver checks on every reply (KMS-CONTRACT.md).
+// Limits that kube-apiserver checks on every reply (CONTRACT.md).
 const (
 	apiVersion       = "v2"
 	healthzOK        = "ok"

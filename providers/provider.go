@@ -99,3 +99,22 @@ type Retirer interface {
 type Warner interface {
 	Warning() error
 }
+
+// Loader is implemented by providers that load their keys from somewhere
+// (a file) and reload them while serving. It reports what the admin API
+// shows and what kmsctl rotate checks before it promotes a new key.
+type Loader interface {
+	LoadState() LoadState
+}
+
+// LoadState is how a Loader's loading went.
+type LoadState struct {
+	// LoadedAt is when the keys in memory were last loaded successfully.
+	LoadedAt time.Time
+	// LastAttempt is when a reload was last tried; zero if never.
+	LastAttempt time.Time
+	// LastError is why the last reload was refused; nil if it succeeded.
+	LastError error
+	// ReloadInterval is how often reloads are tried; zero: never.
+	ReloadInterval time.Duration
+}

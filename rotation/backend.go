@@ -80,6 +80,19 @@ func (b *LocalBackend) Current(context.Context) (KeyVersion, error) {
 	return cur, nil
 }
 
+// Keys lists the versions with their check values, after checking (as
+// Current does) that every copy agrees.
+func (b *LocalBackend) Keys(ctx context.Context) ([]providers.KeyInfo, error) {
+	if _, err := b.Current(ctx); err != nil {
+		return nil, err
+	}
+	k, err := local.Read(b.Paths[0])
+	if err != nil {
+		return nil, err
+	}
+	return k.Infos(), nil
+}
+
 // SameKeys checks that two nodes' views of one keyring (a file, or what a
 // plugin reports it has loaded) hold the same key under every version
 // number they share, by check value, and names the one that differs.

@@ -11,12 +11,32 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kms-plugin/kms-plugin/providers"
 	"github.com/kms-plugin/kms-plugin/rotation/audit"
 	"github.com/kms-plugin/kms-plugin/rotation/rewrite"
 )
 
 // PluginStatus asks the KMS v2 plugin at endpoint for its Status.
 type PluginStatus func(ctx context.Context, endpoint string) (keyID string, healthy bool, err error)
+
+// PluginLoaded asks the kms-plugin at endpoint, through its admin API, what
+// it has loaded.
+type PluginLoaded func(ctx context.Context, endpoint string) (Loaded, error)
+
+// Loaded is what a plugin reports it holds in memory.
+type Loaded struct {
+	Versions []providers.KeyInfo
+	// ReloadInterval is how often the plugin looks for new keys; 0: never.
+	ReloadInterval time.Duration
+	// LastReloadError is why its last reload was refused, if it was.
+	LastReloadError string
+}
+
+// keyLister is a Backend that can list its versions with check values
+// (LocalBackend), so that promote can compare them with the plugins'.
+type keyLister interface {
+	Keys(ctx context.Context) ([]providers.KeyInfo, error)
+}
 
 // Procedure is one rotation: its backend, who to wait for, how to
 // migrate and verify, and where to keep its state.
@@ -25,6 +45,11 @@ type Procedure struct {
 	// Endpoints are every plugin that must report the new key_id.
 	Endpoints    []string
 	PluginStatus PluginStatus
+	// PluginLoaded is the admin API call behind promote's gate: for a
+	// two-phase backend, promote waits until every plugin reports it has
+	// loaded the new version, with the same key, and refuses a plugin
+	// whose keys differ from the backend's.
+	PluginLoaded PluginLoaded
 	// Canaries, one per kube-apiserver, prove it encrypts with the new key.
 	Canaries []*Canary
 	// Resources are what Migrate and Verify cover; recorded in the state.
@@ -40,8 +65,8 @@ type Procedure struct {
 	Retire bool
 	// StopAfter stops after this step (for staged runs); empty runs all.
 	StopAfter Step
-	// ReloadGrace is how long promote waits after add, so that every
-	// plugin has reloaded the added version before any encrypts with it.
+	// ReloadGrace is the least time promote waits after add, on top of
+	// the plugins' reports that they have loaded the new version.
 	ReloadGrace time.Duration
 	// PluginTimeout and APIServerTimeout bound the two waits.
 	PluginTimeout, APIServerTimeout time.Duration
@@ -98,7 +123,7 @@ func (p *Procedure) describe(s *State, step Step) string {
 		if isSinglePhase(p.Backend) {
 			return fmt.Sprintf("check that %s is still the backend's current version (it encrypts since add-key)", newID)
 		}
-		return fmt.Sprintf("after %s for every plugin to reload, make %s the encrypting version everywhere (phase 2)", p.ReloadGrace, newID)
+		return fmt.Sprintf("wait up to %s until every plugin %v reports (admin API) that it has loaded %s with the same key as the keyring files, then make it the encrypting version everywhere (phase 2)", p.PluginTimeout, p.Endpoints, newID)
 	case StepPlugins:
 		return fmt.Sprintf("wait up to %s until every plugin %v reports key_id %s", p.PluginTimeout, p.Endpoints, newID)
 	case StepAPIServers:
@@ -251,14 +276,8 @@ func (p *Procedure) runStep(ctx context.Context, s *State, step Step, verifiedNo
 				return "", err
 			}
 		}
-		for _, ep := range p.Endpoints {
-			_, healthy, err := p.PluginStatus(ctx, ep)
-			if err != nil {
-				return "", fmt.Errorf("plugin %s: refusing to promote a key it may not have loaded: %w", ep, err)
-			}
-			if !healthy {
-				return "", fmt.Errorf("plugin %s is not healthy: refusing to promote a key it may not have loaded", ep)
-			}
+		if err := p.waitLoaded(ctx, s); err != nil {
+			return "", err
 		}
 		if err := p.Backend.Promote(ctx, *s.New); err != nil {
 			return "", err
@@ -349,6 +368,74 @@ func (p *Procedure) runStep(ctx context.Context, s *State, step Step, verifiedNo
 		return "retired " + strings.Join(ids, ", "), nil
 	}
 	return "", fmt.Errorf("unknown step %q", step)
+}
+
+// waitLoaded is promote's gate for a two-phase backend: every plugin must
+// report, through its admin API, that it holds the new version under the
+// new key_id (which names the key bytes), and no version with another key
+// than the backend's. A plugin that does not answer, or has not loaded the
+// version yet, is waited for up to PluginTimeout; a plugin whose keys
+// differ stops the rotation at once. Either way nothing is promoted.
+func (p *Procedure) waitLoaded(ctx context.Context, s *State) error {
+	if p.PluginLoaded == nil {
+		return errors.New("no way to ask the plugins what they have loaded: refusing to promote")
+	}
+	var ref []providers.KeyInfo
+	if kl, ok := p.Backend.(keyLister); ok {
+		var err error
+		if ref, err = kl.Keys(ctx); err != nil {
+			return err
+		}
+	}
+	for _, ep := range p.Endpoints {
+		var last string
+		err := poll(ctx, p.PollInterval, p.PluginTimeout, func(ctx context.Context) (bool, error) {
+			l, err := p.PluginLoaded(ctx, ep)
+			if err != nil {
+				last = err.Error()
+				return false, nil
+			}
+			if err := SameKeys(p.Backend.Describe(), ref, "plugin "+ep, l.Versions); err != nil {
+				return false, err
+			}
+			if has(l.Versions, *s.New) {
+				return true, nil
+			}
+			last = notLoaded(l, *s.New)
+			return false, nil
+		})
+		if err != nil {
+			return fmt.Errorf("plugin %s: %w (%s); nothing was promoted", ep, err, last)
+		}
+		p.printf("    plugin %s has loaded %s\n", ep, s.New.KeyID)
+	}
+	return nil
+}
+
+// has reports whether versions hold v, able to decrypt, under v's key_id.
+func has(versions []providers.KeyInfo, v KeyVersion) bool {
+	for _, i := range versions {
+		if i.Version == v.Version && i.KeyID == v.KeyID && usable(i.State) {
+			return true
+		}
+	}
+	return false
+}
+
+// notLoaded says why a plugin does not hold v yet, with the likely cause.
+func notLoaded(l Loaded, v KeyVersion) string {
+	var have []string
+	for _, i := range l.Versions {
+		have = append(have, fmt.Sprintf("v%d %s", i.Version, i.State))
+	}
+	msg := fmt.Sprintf("it has loaded [%s], not %s", strings.Join(have, ", "), v.KeyID)
+	switch {
+	case l.LastReloadError != "":
+		msg += "; its last reload failed: " + l.LastReloadError
+	case l.ReloadInterval == 0:
+		msg += "; its hot reload is off (--keyring-reload-interval 0): restart it, or give it an interval, so that it loads the keyring"
+	}
+	return msg
 }
 
 // verify scans; on offenders it forgets the migrate step and its

@@ -168,6 +168,10 @@ func fakeRun(t *testing.T, offenders *int64) (*Procedure, *bytes.Buffer) {
 			cur, err := be.Current(ctx)
 			return cur.KeyID, err == nil, err
 		},
+		PluginLoaded: func(ctx context.Context, _ string) (Loaded, error) {
+			infos, err := be.Keys(ctx)
+			return Loaded{Versions: infos, ReloadInterval: time.Second}, err
+		},
 		Resources: []string{"secrets"},
 		Migrate: func(context.Context, string) ([]rewrite.Result, error) {
 			return []rewrite.Result{{Resource: "secrets", Listed: 10, Rewritten: 10}}, nil
@@ -234,6 +238,67 @@ func TestProcedureResumesAndRefusesRetire(t *testing.T) {
 	out.Reset()
 	if err := p.Run(ctx); err != nil || !strings.Contains(out.String(), "is complete") {
 		t.Errorf("Run() on a finished rotation = %v\n%s; want it to say it is complete", err, out)
+	}
+}
+
+// TestPromoteGate: promote waits for every plugin to report the new key
+// through its admin API, and stops with nothing promoted, naming the
+// plugin and the likely cause, when one never loads it, is down, or holds
+// another key.
+func TestPromoteGate(t *testing.T) {
+	ctx := context.Background()
+	cases := []struct {
+		name   string
+		loaded func(good Loaded) (Loaded, error)
+		want   []string
+	}{
+		{"hot reload off", func(good Loaded) (Loaded, error) {
+			return Loaded{Versions: good.Versions[:1]}, nil
+		}, []string{"unix:///node-b", "timed out", "hot reload is off", "nothing was promoted"}},
+		{"reload refused", func(good Loaded) (Loaded, error) {
+			return Loaded{Versions: good.Versions[:1], ReloadInterval: time.Second, LastReloadError: "keyring has mode 0644"}, nil
+		}, []string{"unix:///node-b", "last reload failed: keyring has mode 0644"}},
+		{"plugin down", func(Loaded) (Loaded, error) {
+			return Loaded{}, errors.New("connection refused")
+		}, []string{"unix:///node-b", "timed out", "connection refused", "nothing was promoted"}},
+		{"diverged key", func(good Loaded) (Loaded, error) {
+			bad := append([]providers.KeyInfo(nil), good.Versions...)
+			bad[0].Check = "0123456789abcdef"
+			return Loaded{Versions: bad, ReloadInterval: time.Second}, nil
+		}, []string{"plugin unix:///node-b holds another key", "version 1", "nothing was promoted"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var offenders int64
+			p, out := fakeRun(t, &offenders)
+			be := p.Backend.(*LocalBackend)
+			p.Endpoints = []string{"unix:///node-a", "unix:///node-b"}
+			p.PluginLoaded = func(ctx context.Context, ep string) (Loaded, error) {
+				infos, err := be.Keys(ctx)
+				good := Loaded{Versions: infos, ReloadInterval: time.Second}
+				if err != nil || ep == "unix:///node-a" {
+					return good, err
+				}
+				return c.loaded(good)
+			}
+			p.PluginTimeout = 200 * time.Millisecond
+			err := p.Run(ctx)
+			if err == nil {
+				t.Fatalf("Run() = nil, want promote refused\n%s", out)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("Run() = %v, want it to say %q", err, w)
+				}
+			}
+			if got := states(t, be.Paths[0]); got[1] != providers.StatePrimary || got[2] != providers.StateActive {
+				t.Errorf("keyring after a refused promote = %v, want 1 still primary, 2 active", got)
+			}
+			s, _, _ := LoadState(p.StateDir)
+			if !s.Done(StepAdd) || s.Done(StepPromote) {
+				t.Errorf("state: add done %v, promote done %v; want add done, promote pending", s.Done(StepAdd), s.Done(StepPromote))
+			}
+		})
 	}
 }
 

@@ -433,3 +433,89 @@ func TestKmsctlRootThenNonRoot(t *testing.T) {
 		t.Errorf("keyring list as the plugin's user: %v\n%s\nwant 4 versions", err, out)
 	}
 }
+
+// TestAdminAPIReportsWhatIsLoaded: kmsctl status shows, through the admin
+// API on the KMS socket, the versions the plugin holds with the check
+// values of the keyring file, and a refused reload's error; it never shows
+// key bytes.
+func TestAdminAPIReportsWhatIsLoaded(t *testing.T) {
+	dir, keyring := newKeyring(t)
+	endpoint := "unix://" + filepath.Join(dir, "kms.sock")
+	startPlugin(t, endpoint, "--keyring", keyring, "--keyring-reload-interval", "50ms")
+	kmsctl(t, "keyring", "add", "--keyring", keyring)
+	file := kmsctl(t, "keyring", "list", "--keyring", keyring, "-o", "json")
+	var want []struct {
+		Version int64  `json:"version"`
+		KeyID   string `json:"key_id"`
+		Check   string `json:"check"`
+	}
+	if err := json.Unmarshal([]byte(file), &want); err != nil || len(want) != 2 {
+		t.Fatalf("keyring list: %v\n%s", err, file)
+	}
+	type loaded struct {
+		KeyID  string `json:"key_id"`
+		Loaded struct {
+			Provider        string `json:"provider"`
+			CurrentKeyID    string `json:"current_key_id"`
+			LastReloadError string `json:"last_reload_error"`
+			ReloadInterval  string `json:"reload_interval"`
+			Versions        []struct {
+				Version int64  `json:"version"`
+				KeyID   string `json:"key_id"`
+				Check   string `json:"check"`
+				State   string `json:"state"`
+			} `json:"versions"`
+		} `json:"loaded"`
+	}
+	status := func() loaded {
+		t.Helper()
+		out := kmsctl(t, "status", "--endpoint", endpoint, "-o", "json")
+		var l loaded
+		if err := json.Unmarshal([]byte(out), &l); err != nil {
+			t.Fatalf("status -o json: %v\n%s", err, out)
+		}
+		return l
+	}
+	plugintest.WaitFor(t, 10*time.Second, "the plugin to load version 2", func() bool { return len(status().Loaded.Versions) == 2 })
+	l := status()
+	if l.Loaded.Provider != "local" || l.Loaded.CurrentKeyID != l.KeyID || l.Loaded.ReloadInterval != "50ms" {
+		t.Errorf("status = %+v; want provider local, current key %s, reload interval 50ms", l.Loaded, l.KeyID)
+	}
+	for i, v := range l.Loaded.Versions {
+		if v.Version != want[i].Version || v.KeyID != want[i].KeyID || v.Check != want[i].Check || len(v.Check) != 16 {
+			t.Errorf("loaded version %+v, want the file's %+v", v, want[i])
+		}
+	}
+	if l.Loaded.Versions[1].State != "active" {
+		t.Errorf("version 2 is %s, want active", l.Loaded.Versions[1].State)
+	}
+
+	// A refused reload shows up, and the table says so too.
+	if err := os.Chmod(keyring, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	plugintest.WaitFor(t, 10*time.Second, "the reload error in the admin API", func() bool { return strings.Contains(status().Loaded.LastReloadError, "mode") })
+	table := kmsctl(t, "status", "--endpoint", endpoint)
+	for _, s := range []string{"provider:", "local", "reload error:", "CHECK", want[1].Check} {
+		if !strings.Contains(table, s) {
+			t.Errorf("status table lacks %q:\n%s", s, table)
+		}
+	}
+	raw, err := os.ReadFile(keyring)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ring struct {
+		Versions []struct {
+			Key string `json:"key"`
+		} `json:"versions"`
+	}
+	if err := json.Unmarshal(raw, &ring); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range ring.Versions {
+		if strings.Contains(table, v.Key) || strings.Contains(table, v.Key[:12]) {
+			t.Errorf("status shows key bytes")
+		}
+	}
+}

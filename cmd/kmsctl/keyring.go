@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"text/tabwriter"
 	"time"
 
@@ -152,7 +153,12 @@ func printKeyInfos(cmd *cobra.Command, out output, infos []providers.KeyInfo) er
 	if out == "json" {
 		return printJSON(cmd.OutOrStdout(), infos)
 	}
-	tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+	return writeKeyInfos(cmd.OutOrStdout(), infos)
+}
+
+// writeKeyInfos writes key versions as a table.
+func writeKeyInfos(w io.Writer, infos []providers.KeyInfo) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "VERSION\tSTATE\tCREATED\tCHECK\tKEY_ID")
 	for _, i := range infos {
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", i.Version, i.State, i.Created.Format(time.RFC3339), dash(i.Check), i.KeyID)

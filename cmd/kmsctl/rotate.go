@@ -40,9 +40,15 @@ func newRotateCmd() *cobra.Command {
 		Short: "Rotate the key end to end: new key everywhere, wait, migrate, verify, retire",
 		Long: `Run a whole key rotation, one step at a time:
 
-  1. add-key          add a key version (local: to every --keyring, decrypt-only)
-  2. promote-key      make it the encrypting version everywhere (local: after
-                      --reload-grace, so that every plugin can decrypt it first)
+  1. add-key          add a key version (local: to the first --keyring, then
+                      copied to the others, decrypt-only; first refuses if
+                      any two keyring files hold different keys)
+  2. promote-key      make it the encrypting version everywhere (local: only
+                      once every --plugin-endpoint reports, through its admin
+                      API, that it has loaded that very key; a plugin whose
+                      keys differ, or that has not loaded it within
+                      --plugin-timeout, stops the rotation, named, with
+                      nothing promoted)
   3. wait-plugins     every --plugin-endpoint reports the new key_id
   4. wait-apiservers  every kube-apiserver (--apiserver, default the kubeconfig's)
                       stores a canary Secret under the new key_id, read from etcd
@@ -69,6 +75,7 @@ again. --dry-run prints the plan and changes nothing.`,
 			proc.Out = cmd.OutOrStdout()
 			proc.Endpoints = endpoints
 			proc.PluginStatus = pluginStatus
+			proc.PluginLoaded = pluginLoaded
 
 			switch backend {
 			case "local":
@@ -159,11 +166,35 @@ again. --dry-run prints the plan and changes nothing.`,
 	f.BoolVar(&proc.Retire, "retire", false, "retire the old versions once verify passed")
 	f.BoolVar(&dryRun, "dry-run", false, "print the plan and change nothing")
 	f.StringVar(&stopAfter, "stop-after", "", "stop after this step (add-key, promote-key, wait-plugins, wait-apiservers, migrate, verify)")
-	f.DurationVar(&proc.ReloadGrace, "reload-grace", 3*time.Second, "local: wait between add and promote, longer than the plugins' --keyring-reload-interval")
+	f.DurationVar(&proc.ReloadGrace, "reload-grace", 0, "local: least wait between add and promote; promote always waits (up to --plugin-timeout) until every plugin reports it has loaded the new key")
 	f.DurationVar(&proc.PluginTimeout, "plugin-timeout", 2*time.Minute, "how long to wait for the plugins (Vault: longer than --vault-refresh-interval)")
 	f.DurationVar(&proc.APIServerTimeout, "apiserver-timeout", 5*time.Minute, "how long to wait for each kube-apiserver (it polls Status every 60 s)")
 	f.DurationVar(&proc.PollInterval, "poll-interval", 2*time.Second, "how often the waits poll")
 	return cmd
+}
+
+// pluginLoaded asks a kms-plugin, through its admin API, what it has
+// loaded.
+func pluginLoaded(ctx context.Context, endpoint string) (rotation.Loaded, error) {
+	_, conn, err := kms.Dial(endpoint)
+	if err != nil {
+		return rotation.Loaded{}, err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	l, err := getLoaded(ctx, conn)
+	switch {
+	case err != nil:
+		return rotation.Loaded{}, fmt.Errorf("admin API: %w", err)
+	case l == nil:
+		return rotation.Loaded{}, errors.New("it serves no kms-plugin admin API (another KMS plugin, or an older kms-plugin): upgrade it first")
+	}
+	interval, err := time.ParseDuration(l.ReloadInterval)
+	if err != nil {
+		return rotation.Loaded{}, fmt.Errorf("admin API: reload interval %q: %w", l.ReloadInterval, err)
+	}
+	return rotation.Loaded{Versions: l.Versions, ReloadInterval: interval, LastReloadError: l.LastReloadError}, nil
 }
 
 // pluginStatus calls Status on a KMS v2 plugin.

@@ -3,12 +3,19 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	kmsapi "k8s.io/kms/apis/v2"
 
 	"github.com/kms-plugin/kms-plugin/kms"
+	adminv1 "github.com/kms-plugin/kms-plugin/proto/kmsplugin/admin/v1"
+	"github.com/kms-plugin/kms-plugin/providers"
 )
 
 // statusResult is what `kmsctl status -o json` prints.
@@ -17,6 +24,53 @@ type statusResult struct {
 	Version  string `json:"version"`
 	Healthz  string `json:"healthz"`
 	KeyID    string `json:"key_id"`
+	// Loaded is what a kms-plugin reports through its admin API; absent
+	// for other KMS v2 plugins.
+	Loaded *loadedState `json:"loaded,omitempty"`
+}
+
+// loadedState is a plugin's admin GetLoaded reply.
+type loadedState struct {
+	Provider          string              `json:"provider"`
+	PluginVersion     string              `json:"plugin_version"`
+	CurrentKeyID      string              `json:"current_key_id"`
+	LoadedAt          *time.Time          `json:"loaded_at,omitempty"`
+	LastReloadAttempt *time.Time          `json:"last_reload_attempt,omitempty"`
+	LastReloadError   string              `json:"last_reload_error,omitempty"`
+	ReloadInterval    string              `json:"reload_interval"`
+	Versions          []providers.KeyInfo `json:"versions"`
+}
+
+// getLoaded asks the kms-plugin behind conn what it has loaded. It returns
+// nil, nil when the plugin serves no admin API (another KMS v2 plugin).
+func getLoaded(ctx context.Context, conn grpc.ClientConnInterface) (*loadedState, error) {
+	resp, err := adminv1.NewAdminClient(conn).GetLoaded(ctx, &adminv1.GetLoadedRequest{})
+	if status.Code(err) == codes.Unimplemented {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	l := &loadedState{
+		Provider: resp.GetProvider(), PluginVersion: resp.GetPluginVersion(), CurrentKeyID: resp.GetCurrentKeyId(),
+		LastReloadError: resp.GetLastReloadError(), ReloadInterval: resp.GetReloadInterval().AsDuration().String(),
+		LoadedAt: timeOf(resp.GetLoadedAt().AsTime(), resp.GetLoadedAt() != nil), LastReloadAttempt: timeOf(resp.GetLastReloadAttempt().AsTime(), resp.GetLastReloadAttempt() != nil),
+		Versions: []providers.KeyInfo{},
+	}
+	for _, v := range resp.GetVersions() {
+		l.Versions = append(l.Versions, providers.KeyInfo{
+			Version: v.GetVersion(), KeyID: v.GetKeyId(), State: providers.KeyState(v.GetState()), Created: v.GetCreated().AsTime(), Check: v.GetCheck(),
+		})
+	}
+	return l, nil
+}
+
+func timeOf(t time.Time, set bool) *time.Time {
+	if !set {
+		return nil
+	}
+	t = t.UTC()
+	return &t
 }
 
 func newStatusCmd() *cobra.Command {
@@ -27,9 +81,16 @@ func newStatusCmd() *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "status",
-		Short: "Ask a KMS v2 plugin (any plugin, not only kms-plugin) for its Status",
-		Long: `Call Status on a KMS v2 plugin, as kube-apiserver does. Exits non-zero
-when the call fails or the plugin does not report healthz "ok".`,
+		Short: "Ask a KMS v2 plugin for its Status and, from kms-plugin, what it has loaded",
+		Long: `Call Status on a KMS v2 plugin, as kube-apiserver does. From kms-plugin,
+also show what it has loaded, through its admin API on the same socket: the
+provider, every key version with its state, key_id and check value (never
+key bytes), when it last loaded its keys and the last reload error. On an HA
+control plane, run it on every node: the same version must show the same
+CHECK everywhere.
+
+Exits non-zero when the call fails or the plugin does not report healthz
+"ok".`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			client, conn, err := kms.Dial(endpoint)
@@ -44,10 +105,13 @@ when the call fails or the plugin does not report healthz "ok".`,
 				return fmt.Errorf("status of %s: %w", endpoint, err)
 			}
 			res := statusResult{Endpoint: endpoint, Version: resp.GetVersion(), Healthz: resp.GetHealthz(), KeyID: resp.GetKeyId()}
+			if res.Loaded, err = getLoaded(ctx, conn); err != nil {
+				return fmt.Errorf("admin API of %s: %w", endpoint, err)
+			}
 			if out == "json" {
 				err = printJSON(cmd.OutOrStdout(), res)
 			} else {
-				_, err = fmt.Fprintf(cmd.OutOrStdout(), "endpoint: %s\nversion:  %s\nhealthz:  %s\nkey_id:   %s\n", res.Endpoint, res.Version, res.Healthz, res.KeyID)
+				err = printStatus(cmd.OutOrStdout(), res)
 			}
 			if err != nil {
 				return err
@@ -62,4 +126,32 @@ when the call fails or the plugin does not report healthz "ok".`,
 	cmd.Flags().DurationVar(&timeout, "timeout", 3*time.Second, "how long to wait for the reply")
 	addOutputFlag(cmd, &out)
 	return cmd
+}
+
+func printStatus(w io.Writer, res statusResult) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "endpoint:\t%s\nversion:\t%s\nhealthz:\t%s\nkey_id:\t%s\n", res.Endpoint, res.Version, res.Healthz, res.KeyID)
+	if l := res.Loaded; l != nil {
+		reload := "never (hot reload is off)"
+		if l.ReloadInterval != "0s" {
+			reload = "every " + l.ReloadInterval
+		}
+		fmt.Fprintf(tw, "provider:\t%s (kms-plugin %s)\n", l.Provider, l.PluginVersion)
+		fmt.Fprintf(tw, "loaded:\t%s\nreloads:\t%s, last tried %s\nreload error:\t%s\n", timeText(l.LoadedAt), reload, timeText(l.LastReloadAttempt), dash(l.LastReloadError))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if res.Loaded == nil || len(res.Loaded.Versions) == 0 {
+		return nil
+	}
+	_, _ = fmt.Fprintln(w)
+	return writeKeyInfos(w, res.Loaded.Versions)
+}
+
+func timeText(t *time.Time) string {
+	if t == nil {
+		return "-"
+	}
+	return t.Format(time.RFC3339)
 }

@@ -31,9 +31,12 @@ type Provider struct {
 	ring    atomic.Pointer[loaded]
 	reloads *prometheus.CounterVec
 
-	mu        sync.Mutex // serialises reloads
-	stamp     fileStamp
-	reloadErr atomic.Pointer[error]
+	mu          sync.Mutex // serialises reloads
+	stamp       fileStamp
+	reloadErr   atomic.Pointer[error]
+	loadedAt    atomic.Pointer[time.Time]
+	lastAttempt atomic.Pointer[time.Time]
+	reloadEvery time.Duration
 
 	stop chan struct{}
 	done chan struct{}
@@ -56,6 +59,7 @@ var (
 	_ providers.KeyLister = (*Provider)(nil)
 	_ providers.Retirer   = (*Provider)(nil)
 	_ providers.Warner    = (*Provider)(nil)
+	_ providers.Loader    = (*Provider)(nil)
 )
 
 // Open loads the keyring at path and, if reloadEvery > 0, watches it for
@@ -71,8 +75,9 @@ func Open(path string, reloadEvery time.Duration, log *slog.Logger, reg promethe
 			Name: "kms_plugin_keyring_reloads_total",
 			Help: "Keyring file reloads by result (ok, error).",
 		}, []string{"result"}),
-		stop: make(chan struct{}),
-		done: make(chan struct{}),
+		stop:        make(chan struct{}),
+		done:        make(chan struct{}),
+		reloadEvery: reloadEvery,
 	}
 	if reg != nil {
 		if err := reg.Register(p.reloads); err != nil {
@@ -89,6 +94,8 @@ func Open(path string, reloadEvery time.Duration, log *slog.Logger, reg promethe
 	}
 	p.ring.Store(l)
 	p.stamp = stamp
+	now := time.Now()
+	p.loadedAt.Store(&now)
 	if reloadEvery > 0 {
 		go p.watch(reloadEvery)
 	} else {
@@ -235,6 +242,19 @@ func (p *Provider) Warning() error {
 	return nil
 }
 
+// LoadState reports when the keyring was last loaded and how the last
+// reload went.
+func (p *Provider) LoadState() providers.LoadState {
+	st := providers.LoadState{LastError: p.Warning(), ReloadInterval: p.reloadEvery}
+	if t := p.loadedAt.Load(); t != nil {
+		st.LoadedAt = *t
+	}
+	if t := p.lastAttempt.Load(); t != nil {
+		st.LastAttempt = *t
+	}
+	return st
+}
+
 // Close stops watching the file.
 func (p *Provider) Close() error {
 	select {
@@ -266,6 +286,8 @@ func (p *Provider) watch(every time.Duration) {
 func (p *Provider) Reload() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	now := time.Now()
+	p.lastAttempt.Store(&now)
 	if fi, err := os.Stat(p.path); err == nil && stampOf(fi) == p.stamp && p.reloadErr.Load() == nil {
 		return nil
 	}
@@ -297,6 +319,8 @@ func (p *Provider) reloadLocked() error {
 	p.ring.Store(next)
 	p.stamp = stamp
 	p.reloadErr.Store(nil)
+	now := time.Now()
+	p.loadedAt.Store(&now)
 	p.reloads.WithLabelValues("ok").Inc()
 	if cur.primary.ID != next.primary.ID {
 		p.log.Info("keyring reloaded; new primary key", "key_id", next.primary.ID)
