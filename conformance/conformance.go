@@ -21,7 +21,7 @@ import (
 	kmsapi "k8s.io/kms/apis/v2"
 )
 
-// Limits kube-apiserver checks on every reply (KMS-CONTRACT.md; the Go
+// Limits kube-apiserver checks on every reply (kms/CONTRACT.md; the Go
 // source is k8s.io/apiserver/pkg/storage/value/encrypt/envelope/kmsv2).
 const (
 	// MaxKeyIDLen is the longest key_id the apiserver accepts.
