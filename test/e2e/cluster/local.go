@@ -390,12 +390,25 @@ func (lp *localPlugin) kill() error {
 }
 
 func (l *local) startAPIServer(ctx context.Context) error {
+	encConfig := ""
+	if l.encryption {
+		encConfig = l.encConfig
+	}
+	var err error
+	l.apiserver, err = l.launchAPIServer(ctx, "kube-apiserver", l.apiPort, encConfig, l.client)
+	return err
+}
+
+// launchAPIServer starts a kube-apiserver on port against the cluster's
+// etcd, with encConfig as its EncryptionConfiguration unless it is empty,
+// and waits until client sees it ready.
+func (l *local) launchAPIServer(ctx context.Context, name string, port int, encConfig string, client kubernetes.Interface) (*process, error) {
 	args := []string{
 		"--etcd-servers", l.etcdURL,
 		"--bind-address", "127.0.0.1",
 		"--advertise-address", "127.0.0.1",
-		"--secure-port", strconv.Itoa(l.apiPort),
-		"--cert-dir", filepath.Join(l.dir, "apiserver-certs"),
+		"--secure-port", strconv.Itoa(port),
+		"--cert-dir", filepath.Join(l.dir, name+"-certs"),
 		"--tls-cert-file", l.pki.ServingCert,
 		"--tls-private-key-file", l.pki.ServingKey,
 		"--client-ca-file", l.pki.CACert,
@@ -410,19 +423,18 @@ func (l *local) startAPIServer(ctx context.Context) error {
 		"--endpoint-reconciler-type", "none",
 		"--v", "1",
 	}
-	if l.encryption {
-		args = append(args, "--encryption-provider-config", l.encConfig)
+	if encConfig != "" {
+		args = append(args, "--encryption-provider-config", encConfig)
 	}
-	var err error
-	l.apiserver, err = startProcess("kube-apiserver", filepath.Join(l.dir, "kube-apiserver.log"), l.apiserverBin, args...)
+	p, err := startProcess(name, filepath.Join(l.dir, name+".log"), l.apiserverBin, args...)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return Poll(ctx, 500*time.Millisecond, 3*time.Minute, "kube-apiserver /readyz", func(ctx context.Context) (bool, error) {
-		if ok, err := l.apiserver.exited(); ok {
-			return false, Permanent(fmt.Errorf("kube-apiserver exited: %v\n%s", err, tail(l.apiserver.log, 20)))
+	return p, Poll(ctx, 500*time.Millisecond, 3*time.Minute, name+" /readyz", func(ctx context.Context) (bool, error) {
+		if ok, err := p.exited(); ok {
+			return false, Permanent(fmt.Errorf("%s exited: %v\n%s", name, err, tail(p.log, 20)))
 		}
-		_, err := l.client.CoreV1().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
+		_, err := client.CoreV1().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
 		return err == nil, err
 	})
 }
