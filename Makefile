@@ -98,7 +98,8 @@ proto: $(PROTOC_GEN_GO) $(PROTOC_GEN_GO_GRPC) ## regenerate the Go code of proto
 	  $(PROTOS)
 
 proto-check: proto ## fail if the committed generated code differs from what make proto writes
-	@git diff --exit-code -- proto/ || { echo "proto/: generated code is stale; run make proto and commit it"; exit 1; }
+	@if [ -n "$$(git status --porcelain -- proto/)" ]; then git status --short -- proto/; git diff -- proto/ | head -40; \
+	  echo "proto/: the generated code differs from what make proto writes; run make proto and commit it"; exit 1; fi
 
 $(PROTOC_GEN_GO):
 	GOBIN=$(dir $@) go install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
