@@ -46,6 +46,28 @@ func (f *kubeFlags) restConfig() (*rest.Config, error) {
 	return cfg, nil
 }
 
+// reachAPIServer fails fast, with the address, when kube-apiserver at
+// cfg.Host does not answer within the connect timeout: the clients
+// connect lazily, and would otherwise fail only mid-run, or hang.
+func reachAPIServer(cfg *rest.Config) error {
+	c := rest.CopyConfig(cfg)
+	if c.Timeout <= 0 || c.Timeout > connectTimeout {
+		c.Timeout = connectTimeout
+	}
+	dc, err := discovery.NewDiscoveryClientForConfig(c)
+	if err != nil {
+		return fmt.Errorf("kubernetes client for %s: %w", c.Host, err)
+	}
+	if _, err := dc.ServerVersion(); err != nil {
+		return fmt.Errorf("cannot reach kube-apiserver at %s within %s: %w", c.Host, c.Timeout, err)
+	}
+	return nil
+}
+
+// connectTimeout bounds the first call to a server kmsctl has not reached
+// yet.
+const connectTimeout = 10 * time.Second
+
 // apiClients builds the dynamic client and a REST mapper for cfg.
 func apiClients(cfg *rest.Config) (dynamic.Interface, meta.RESTMapper, error) {
 	dyn, err := dynamic.NewForConfig(cfg)
@@ -95,6 +117,9 @@ summary to stdout. Check the result with kmsctl verify.`,
 			}
 			cfg, err := kf.restConfig()
 			if err != nil {
+				return err
+			}
+			if err := reachAPIServer(cfg); err != nil {
 				return err
 			}
 			dyn, mapper, err := apiClients(cfg)

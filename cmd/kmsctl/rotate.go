@@ -109,6 +109,11 @@ again. --dry-run prints the plan and changes nothing.`,
 			for i, url := range apiservers {
 				c := rest.CopyConfig(cfg)
 				c.Host = url
+				if !dryRun {
+					if err := reachAPIServer(c); err != nil {
+						return err
+					}
+				}
 				cs, err := kubernetes.NewForConfig(c)
 				if err != nil {
 					return fmt.Errorf("kubernetes client for %s: %w", url, err)

@@ -14,6 +14,7 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc/status"
 
 	"github.com/kms-plugin/kms-plugin/rotation/audit"
 	"github.com/kms-plugin/kms-plugin/rotation/encryptionconfig"
@@ -64,7 +65,23 @@ func (f *etcdFlags) client() (*clientv3.Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect to etcd: %w", err)
 	}
-	return c, nil
+	// The client connects lazily: without this, an unreachable etcd
+	// makes the first read hang instead of failing within --dial-timeout.
+	ctx, cancel := context.WithTimeout(context.Background(), f.dialTimeout)
+	defer cancel()
+	var last error
+	for _, ep := range cfg.Endpoints {
+		if _, last = c.Status(ctx, ep); last == nil {
+			return c, nil
+		}
+	}
+	_ = c.Close()
+	reason := status.Convert(last).Message()
+	if ctx.Err() != nil {
+		reason = "no answer"
+	}
+	return nil, fmt.Errorf("cannot reach etcd at %s within %s: %s (check --endpoints and the TLS flags)",
+		strings.Join(cfg.Endpoints, ", "), f.dialTimeout, reason)
 }
 
 // resourceFlags choose the resources to work on: --resources, or the
@@ -119,6 +136,7 @@ func newVerifyCmd() *cobra.Command {
 		pageSize     int64
 		maxOffenders int
 		quiet        bool
+		allowEmpty   bool
 	)
 	cmd := &cobra.Command{
 		Use:   "verify",
@@ -154,7 +172,7 @@ an etcd key prefix as it is.`,
 			return runVerify(cmd.Context(), client, cmd.OutOrStdout(), stderr, audit.Options{
 				EtcdPrefix: ef.prefix, Resources: resources, PageSize: pageSize,
 				Expect: expect, MaxOffenders: maxOffenders,
-			}, out)
+			}, out, allowEmpty)
 		},
 	}
 	ef.register(cmd)
@@ -164,6 +182,7 @@ an etcd key prefix as it is.`,
 	cmd.Flags().Int64Var(&pageSize, "page-size", 500, "values per etcd range read")
 	cmd.Flags().IntVar(&maxOffenders, "max-offenders", 100, "offenders named in table output (-o json lists all)")
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress on stderr")
+	cmd.Flags().BoolVar(&allowEmpty, "allow-empty", false, "succeed even if a resource has no object in etcd (by default that fails: a mistyped resource or --etcd-prefix checks nothing)")
 	addOutputFlag(cmd, &out)
 	return cmd
 }
@@ -171,7 +190,7 @@ an etcd key prefix as it is.`,
 // runVerify scans and prints. With -o json it streams
 // {"objects":[...],"summary":[...],"total":N,"offender_count":N} so that
 // memory stays bounded.
-func runVerify(ctx context.Context, kv audit.KV, stdout, stderr io.Writer, opts audit.Options, out output) error {
+func runVerify(ctx context.Context, kv audit.KV, stdout, stderr io.Writer, opts audit.Options, out output, allowEmpty bool) error {
 	meter := progress.New(stderr, "verify")
 	var last int64
 	opts.Progress = func(_ string, scanned int64) {
@@ -214,7 +233,34 @@ func runVerify(ctx context.Context, kv audit.KV, stdout, stderr io.Writer, opts 
 	} else {
 		printVerifyTable(stdout, rep, opts.Expect)
 	}
-	return rep.Err()
+	if err := rep.Err(); err != nil {
+		return err
+	}
+	if empty := emptyResources(opts.Resources, rep); len(empty) > 0 {
+		fmt.Fprintf(stderr, "warning: no object in etcd under %s for %s\n", opts.EtcdPrefix, strings.Join(empty, ", "))
+		if !allowEmpty {
+			return fmt.Errorf("verify checked no object of %s under --etcd-prefix %s: a mistyped resource or prefix proves nothing (pass --allow-empty if none exist)",
+				strings.Join(empty, ", "), opts.EtcdPrefix)
+		}
+	}
+	return nil
+}
+
+// emptyResources lists the resources of which the scan found no object.
+func emptyResources(resources []string, rep audit.Report) []string {
+	seen := map[string]bool{}
+	for _, c := range rep.Counts {
+		if c.Objects > 0 {
+			seen[c.Resource] = true
+		}
+	}
+	var empty []string
+	for _, r := range resources {
+		if !seen[r] {
+			empty = append(empty, r)
+		}
+	}
+	return empty
 }
 
 func printVerifyTable(w io.Writer, rep audit.Report, expect audit.Expect) {

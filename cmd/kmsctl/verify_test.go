@@ -8,6 +8,7 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -34,7 +35,7 @@ func TestRunVerifyJSON(t *testing.T) {
 		"/registry/secrets/ns/aes":   "k8s:enc:aescbc:v1:key1:xx",
 	}
 	var out bytes.Buffer
-	err := runVerify(context.Background(), kv, &out, io.Discard, audit.Options{Expect: audit.Expect{Providers: []string{"aescbc"}}}, "json")
+	err := runVerify(context.Background(), kv, &out, io.Discard, audit.Options{Expect: audit.Expect{Providers: []string{"aescbc"}}}, "json", false)
 	if !errors.Is(err, audit.ErrExpectation) {
 		t.Errorf("runVerify() = %v, want ErrExpectation for the plaintext Secret", err)
 	}
@@ -60,10 +61,61 @@ func TestRunVerifyJSON(t *testing.T) {
 	}
 
 	out.Reset()
-	if err := runVerify(context.Background(), fakeEtcd{}, &out, io.Discard, audit.Options{}, "json"); err != nil {
+	if err := runVerify(context.Background(), fakeEtcd{}, &out, io.Discard, audit.Options{}, "json", false); err != nil {
 		t.Fatal(err)
 	}
 	if !json.Valid(out.Bytes()) {
 		t.Errorf("verify -o json with no objects is not JSON:\n%s", out.String())
+	}
+}
+
+// TestVerifyOfNothingFails: a mistyped resource or --etcd-prefix makes
+// verify check no object; that fails, naming what matched nothing, unless
+// --allow-empty says it is expected.
+func TestVerifyOfNothingFails(t *testing.T) {
+	kv := fakeEtcd{"/registry/secrets/ns/s": "k8s:enc:kms:v2:kms-plugin:xx"}
+	cases := []struct {
+		name      string
+		opts      audit.Options
+		allow     bool
+		wantError string
+	}{
+		{"mistyped resource", audit.Options{EtcdPrefix: "/registry", Resources: []string{"secretz"}, Expect: audit.Expect{Providers: []string{"kms-plugin"}}}, false, "secretz"},
+		{"one of two empty", audit.Options{EtcdPrefix: "/registry", Resources: []string{"secrets", "configmapz"}}, false, "configmapz"},
+		{"wrong prefix", audit.Options{EtcdPrefix: "/registri", Resources: []string{"secrets"}}, false, "/registri"},
+		{"allowed", audit.Options{EtcdPrefix: "/registry", Resources: []string{"secretz"}}, true, ""},
+		{"found", audit.Options{EtcdPrefix: "/registry", Resources: []string{"secrets"}}, false, ""},
+	}
+	for _, c := range cases {
+		var out, errOut bytes.Buffer
+		err := runVerify(context.Background(), kv, &out, &errOut, c.opts, "table", c.allow)
+		switch {
+		case c.wantError == "" && err != nil:
+			t.Errorf("%s: runVerify() = %v, want success", c.name, err)
+		case c.wantError != "" && (err == nil || !strings.Contains(err.Error(), c.wantError) || !strings.Contains(err.Error(), "--allow-empty")):
+			t.Errorf("%s: runVerify() = %v, want an error naming %q and --allow-empty", c.name, err, c.wantError)
+		}
+	}
+}
+
+// TestEtcdUnreachableFailsFast: the etcd client connects lazily; kmsctl
+// probes first and fails within --dial-timeout, naming the address.
+func TestEtcdUnreachableFailsFast(t *testing.T) {
+	f := etcdFlags{endpoints: []string{"127.0.0.1:1"}, dialTimeout: 500 * time.Millisecond, prefix: "/registry"}
+	done := make(chan error, 1)
+	go func() {
+		c, err := f.client()
+		if c != nil {
+			_ = c.Close()
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "cannot reach etcd at 127.0.0.1:1") {
+			t.Errorf("client() = %v, want it to say etcd at 127.0.0.1:1 cannot be reached", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("client() hangs on an unreachable etcd")
 	}
 }
