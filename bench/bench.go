@@ -176,13 +176,16 @@ func drive(ctx context.Context, call func(context.Context) error, workers int, d
 				cctx, cancel := context.WithTimeout(ctx, timeout)
 				err := call(cctx)
 				cancel()
-				r.lat = append(r.lat, time.Since(t0))
 				if err != nil {
+					// A failed call's latency says nothing about the
+					// plugin's speed: percentiles are of successes.
 					r.errs++
 					if r.firstErr == nil {
 						r.firstErr = err
 					}
+					continue
 				}
+				r.lat = append(r.lat, time.Since(t0))
 			}
 		}()
 	}
@@ -198,12 +201,12 @@ func drive(ctx context.Context, call func(context.Context) error, workers int, d
 			res.FirstError = r.firstErr.Error()
 		}
 	}
-	res.Ops = int64(len(all))
-	if res.Ops == 0 {
+	res.Ops = int64(len(all)) + res.Errors
+	if len(all) == 0 {
 		return res
 	}
 	slices.Sort(all)
-	res.OpsPerSec = float64(res.Ops-res.Errors) / elapsed.Seconds()
+	res.OpsPerSec = float64(len(all)) / elapsed.Seconds()
 	res.P50, res.P90, res.P99 = quantile(all, 0.50), quantile(all, 0.90), quantile(all, 0.99)
 	res.Max = all[len(all)-1]
 	return res

@@ -28,6 +28,8 @@ func newBenchCmd() *cobra.Command {
 		baseline bool
 		rounds   int
 		out      output
+
+		maxErrorRate float64
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
@@ -55,6 +57,9 @@ across machines.`,
 				return err
 			}
 			defer closeTarget()
+			if err := reachPlugin(ctx, target, endpoint, o.Timeout); err != nil {
+				return err
+			}
 			measure := func(c kmsapi.KeyManagementServiceClient) func() (bench.Result, error) {
 				return func() (bench.Result, error) { return bench.Run(ctx, c, o) }
 			}
@@ -67,7 +72,10 @@ across machines.`,
 					}
 					results = append(results, r)
 				}
-				return printBench(cmd.OutOrStdout(), out, o, results, nil)
+				if err := printBench(cmd.OutOrStdout(), out, o, results, nil); err != nil {
+					return err
+				}
+				return checkErrors(results, maxErrorRate)
 			}
 			floor, stop, err := startNoopServer(ctx, cmd.ErrOrStderr())
 			if err != nil {
@@ -78,7 +86,10 @@ across machines.`,
 			if err != nil {
 				return err
 			}
-			return printBench(cmd.OutOrStdout(), out, o, c.Target, &c)
+			if err := printBench(cmd.OutOrStdout(), out, o, c.Target, &c); err != nil {
+				return err
+			}
+			return checkErrors(c.Target, maxErrorRate)
 		},
 	}
 	f := cmd.Flags()
@@ -91,6 +102,7 @@ across machines.`,
 	f.DurationVar(&o.Timeout, "timeout", 3*time.Second, "per-call timeout (kube-apiserver's default)")
 	f.BoolVar(&baseline, "baseline", false, "measure a no-op KMS v2 server in the same run and print ratios to it")
 	f.IntVar(&rounds, "rounds", 3, "rounds to run (alternating with the baseline)")
+	f.Float64Var(&maxErrorRate, "max-error-rate", 0, "fail if more than this fraction of the plugin's calls failed (0: any failed call fails the run)")
 	addOutputFlag(cmd, &out)
 	cmd.AddCommand(newNoopServerCmd())
 	return cmd
@@ -178,6 +190,30 @@ func newNoopServerCmd() *cobra.Command {
 	cmd.Flags().StringVar(&listen, "listen", "", "socket to serve on")
 	_ = cmd.MarkFlagRequired("listen")
 	return cmd
+}
+
+// checkErrors fails a run in which more than maxRate of the calls failed:
+// figures measured over failures measure nothing. Latencies are of
+// successful calls only.
+func checkErrors(results []bench.Result, maxRate float64) error {
+	var calls, errs int64
+	first := ""
+	for _, r := range results {
+		calls += r.Ops
+		errs += r.Errors
+		if first == "" {
+			first = r.FirstError
+		}
+	}
+	switch {
+	case calls == 0:
+		return errors.New("no call completed: nothing was measured")
+	case errs == calls:
+		return fmt.Errorf("every one of %d calls failed; first error: %s", calls, first)
+	case float64(errs)/float64(calls) > maxRate:
+		return fmt.Errorf("%d of %d calls failed (%.2f%%, over --max-error-rate %g); first error: %s", errs, calls, 100*float64(errs)/float64(calls), maxRate, first)
+	}
+	return nil
 }
 
 // benchReport is what -o json prints.

@@ -32,8 +32,8 @@ tampered/truncated/empty/oversized/garbage/wrong-key_id input refused with a
 meaningful gRPC code, a stable key_id, concurrent round trips, and health
 after all of that.
 
-Prints one line per check and a final "N passed, N failed"; exits non-zero
-if any check failed. It encrypts random data only and changes nothing, but
+Prints one line per check and a final "N passed, N failed"; exits 1 if any
+check failed, and 2, with one line, if no plugin answers at the endpoint. It encrypts random data only and changes nothing, but
 it does send a few hundred requests: run it against production plugins
 deliberately. See docs/conformance.md for every check and why it matters.`,
 		Args: cobra.NoArgs,
@@ -44,6 +44,11 @@ deliberately. See docs/conformance.md for every check and why it matters.`,
 			}
 			defer conn.Close()
 			ctx := cmd.Context()
+			// One line, and its own exit code, for a plugin that is not
+			// there, instead of every check failing with the dial error.
+			if err := reachPlugin(ctx, client, endpoint, opts.Timeout); err != nil {
+				return err
+			}
 			if total > 0 {
 				var cancel context.CancelFunc
 				ctx, cancel = context.WithTimeout(ctx, total)

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -98,12 +99,57 @@ func TestConformanceCommandFailsBrokenPlugin(t *testing.T) {
 	}
 }
 
-func TestConformanceCommandUnreachable(t *testing.T) {
-	out, err := kmsctl("conformance", "--endpoint", "unix://"+filepath.Join(t.TempDir(), "none.sock"), "--timeout", "200ms")
-	if err == nil {
-		t.Fatalf("kmsctl conformance against no plugin succeeded:\n%s", out)
+// TestUnreachablePluginOneLine: conformance and bench against no plugin
+// print one line saying what is at the endpoint, and exit 2, not 1 ("does
+// not conform") or 0.
+func TestUnreachablePluginOneLine(t *testing.T) {
+	dir := t.TempDir()
+	notSocket := filepath.Join(dir, "file.sock")
+	if err := os.WriteFile(notSocket, nil, 0o600); err != nil {
+		t.Fatal(err)
 	}
-	if !strings.Contains(out, "FAIL  status") {
-		t.Errorf("output lacks a failed status check:\n%s", out)
+	stale := filepath.Join(dir, "stale.sock")
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: stale, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.SetUnlinkOnClose(false)
+	_ = l.Close()
+	cases := []struct{ path, want string }{
+		{filepath.Join(dir, "none.sock"), "does not exist"},
+		{notSocket, "is not a socket"},
+		{stale, "no plugin answers"},
+	}
+	for _, c := range cases {
+		for _, args := range [][]string{
+			{"conformance", "--endpoint", "unix://" + c.path, "--timeout", "300ms"},
+			{"bench", "--endpoint", "unix://" + c.path, "--timeout", "300ms", "--duration", "100ms"},
+		} {
+			out, err := kmsctl(args...)
+			if err == nil || exitCode(err) != exitUnreachable {
+				t.Errorf("kmsctl %s = %v (exit %d), want exit %d\n%s", args[0], err, exitCode(err), exitUnreachable, out)
+				continue
+			}
+			if !strings.Contains(err.Error(), "cannot reach plugin at unix://"+c.path) || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("kmsctl %s error = %q, want it to say %q", args[0], err, c.want)
+			}
+			if strings.Contains(out, "FAIL") || strings.Contains(err.Error(), "rpc error") {
+				t.Errorf("kmsctl %s floods or shows gRPC text:\n%s\n%v", args[0], out, err)
+			}
+		}
+	}
+}
+
+// TestBenchFailsOnFailedCalls: a run in which calls failed exits non-zero
+// with the count and the first error, unless --max-error-rate allows it.
+func TestBenchFailsOnFailedCalls(t *testing.T) {
+	ep := brokenplugin.Serve(t, brokenplugin.FailsUnderLoad)
+	args := []string{"bench", "--endpoint", ep, "--op", "encrypt", "--concurrency", "16", "--duration", "300ms", "--warmup", "0", "--rounds", "1"}
+	out, err := kmsctl(args...)
+	if err == nil || !strings.Contains(err.Error(), "calls failed") || !strings.Contains(err.Error(), "first error") {
+		t.Fatalf("bench with failing calls = %v, want a failure that counts them\n%s", err, out)
+	}
+	if out, err := kmsctl(append(args, "--max-error-rate", "1")...); err != nil {
+		t.Errorf("bench --max-error-rate 1 = %v, want success\n%s", err, out)
 	}
 }

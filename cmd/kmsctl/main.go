@@ -23,7 +23,7 @@ func main() {
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "kmsctl:", err)
-		os.Exit(1)
+		os.Exit(exitCode(err))
 	}
 }
 
