@@ -1,6 +1,7 @@
 package local
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -66,6 +67,11 @@ func load(path string, anyOwner bool) (*Keyring, fileStamp, error) {
 		return nil, fileStamp{}, fmt.Errorf("stat keyring: %w", err)
 	}
 	if err := checkFile(path, fi, anyOwner); err != nil {
+		// Advise on the mode or owner only if the file is a keyring at
+		// all: "chmod 600 /etc/passwd" is not advice to give.
+		if !looksLikeKeyring(f) {
+			return nil, fileStamp{}, fmt.Errorf("%s is not a kms-plugin keyring (no \"kind\": %q); check --keyring", path, fileKind)
+		}
 		return nil, fileStamp{}, err
 	}
 	b, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
@@ -98,6 +104,19 @@ func checkFile(path string, fi fs.FileInfo, anyOwner bool) error {
 		}
 	}
 	return nil
+}
+
+// looksLikeKeyring reports whether f, read from its start, names the
+// keyring kind in its first kilobytes. A file we may not read is given the
+// benefit of the doubt.
+func looksLikeKeyring(f *os.File) bool {
+	head := make([]byte, 4096)
+	n, err := f.ReadAt(head, 0)
+	if n == 0 && err != nil && !errors.Is(err, io.EOF) {
+		return true
+	}
+	defer clear(head)
+	return bytes.Contains(head[:n], []byte(`"kind": "`+fileKind+`"`)) || bytes.Contains(head[:n], []byte(`"kind":"`+fileKind+`"`))
 }
 
 func notRegular(path string, fi fs.FileInfo) error {
