@@ -3,6 +3,7 @@ package local
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -105,4 +106,25 @@ func ownerOf(t *testing.T, path string) [2]uint32 {
 	}
 	st := fi.Sys().(*syscall.Stat_t)
 	return [2]uint32{st.Uid, st.Gid}
+}
+
+// TestModeAdviceOnlyForKeyrings: a group-readable file that is not a
+// keyring (--keyring /etc/passwd) is named as such; only a real keyring
+// gets the chmod advice.
+func TestModeAdviceOnlyForKeyrings(t *testing.T) {
+	dir := t.TempDir()
+	other := filepath.Join(dir, "passwd")
+	if err := os.WriteFile(other, []byte("root:x:0:0:root:/root:/bin/bash\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ring := newKeyringFile(t)
+	if err := os.Chmod(ring, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Read(other); err == nil || !strings.Contains(err.Error(), "is not a kms-plugin keyring") || strings.Contains(err.Error(), "chmod") {
+		t.Errorf("Read(a 0644 non-keyring) = %v, want 'not a kms-plugin keyring' and no chmod advice", err)
+	}
+	if _, err := Read(ring); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+		t.Errorf("Read(a 0644 keyring) = %v, want the chmod advice", err)
+	}
 }
