@@ -1,3 +1,4 @@
+# syntax=docker/dockerfile:1
 # kms-plugin and kmsctl, built static and shipped on distroless as non-root.
 #
 #   docker build -t kms-plugin:v0.1.0 --build-arg VERSION=v0.1.0 .
@@ -7,7 +8,8 @@
 # print VERSION, because CI has no Docker engine. Keep it one RUN line
 # that works with only VERSION, TARGETOS, TARGETARCH and OUT set.
 
-ARG GO_VERSION=1.26
+# In step with the toolchain line of go.mod (TestDockerfileGoVersion).
+ARG GO_VERSION=1.27.3
 
 FROM --platform=$BUILDPLATFORM golang:${GO_VERSION} AS build
 WORKDIR /src

@@ -1,12 +1,18 @@
 # kms-plugin: build, run and test. `make help` lists the targets.
 
+# Every build, test and tool here runs on the patched Go toolchain that
+# go.mod's toolchain line names, fetched from the Go module proxy on first
+# use: the machine's own Go may lack security fixes (make vulncheck).
+GO_TOOLCHAIN := $(shell awk '$$1 == "toolchain" {print $$2}' go.mod)
+export GOTOOLCHAIN := $(GO_TOOLCHAIN)
+
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/kms-plugin/kms-plugin/kms.Version=$(VERSION)
 BIN     := bin
 # Linters are installed from the Go module proxy into a cache outside the repo.
 TOOLS   := $(or $(KMS_PLUGIN_TOOLS_CACHE),$(HOME)/.cache/kms-plugin/tools)
 GOLANGCI_LINT_VERSION := v2.15.0
-GOLANGCI_LINT := $(TOOLS)/golangci-lint-$(GOLANGCI_LINT_VERSION)/golangci-lint
+GOLANGCI_LINT := $(TOOLS)/golangci-lint-$(GOLANGCI_LINT_VERSION)-$(GO_TOOLCHAIN)/golangci-lint
 CYCLONEDX_GOMOD_VERSION := v1.10.0
 CYCLONEDX_GOMOD := $(TOOLS)/cyclonedx-gomod-$(CYCLONEDX_GOMOD_VERSION)/cyclonedx-gomod
 # The admin API's generated code: protoc from Debian's protobuf-compiler
@@ -16,16 +22,28 @@ PROTOC_GEN_GO := $(TOOLS)/protoc-gen-go-$(PROTOC_GEN_GO_VERSION)/protoc-gen-go
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 PROTOC_GEN_GO_GRPC := $(TOOLS)/protoc-gen-go-grpc-$(PROTOC_GEN_GO_GRPC_VERSION)/protoc-gen-go-grpc
 PROTOS := kmsplugin/admin/v1/admin.proto
+# The Go vulnerability database, offline: golang.org/x/vulndb at a pinned
+# version, indexed by its cmd/indexdb, read by govulncheck with -db file://.
+# make vulndb-update moves the pin to the newest version the proxy serves.
+VULNDB_VERSION := v0.0.0-20261105234957-e22db6528018
+VULNDB := $(TOOLS)/vulndb-$(VULNDB_VERSION)
+INDEXDB := $(TOOLS)/indexdb-$(VULNDB_VERSION)-$(GO_TOOLCHAIN)/indexdb
+GOVULNCHECK_VERSION := v1.9.0
+GOVULNCHECK := $(TOOLS)/govulncheck-$(GOVULNCHECK_VERSION)-$(GO_TOOLCHAIN)/govulncheck
+# Release artifacts: static binaries, SBOMs, SHA256SUMS and the
+# vulnerability report, per platform, in $(DIST).
+RELEASE_PLATFORMS ?= linux/amd64 linux/arm64
+DIST ?= dist/$(VERSION)
 GO_TEST ?= go test
 FUZZTIME ?= 30s
 SOAK_DURATION ?= 2m
 # Build tags that select tests against real servers; lint and vet see them all.
-TAGS := integration e2e soak bench
+TAGS := integration e2e soak bench release
 
-.PHONY: help run build test unit servers integration e2e soak lint fmt vet golangci-lint fuzz bench gobench sbom proto proto-check clean
+.PHONY: help run build test unit servers integration e2e soak lint fmt vet golangci-lint fuzz bench gobench sbom proto proto-check vulncheck vulndb-update release release-binaries release-check clean
 
 help: ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 run: ## run the plugin on a local dev keyring (--dev); ARGS adds flags
 	go run -ldflags "$(LDFLAGS)" ./cmd/kms-plugin --dev $(ARGS)
@@ -79,8 +97,8 @@ fuzz: ## run each fuzz target for FUZZTIME (default 30s)
 
 sbom: $(CYCLONEDX_GOMOD) ## CycloneDX SBOMs of the release binaries into bin/
 	mkdir -p $(BIN)
-	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(CYCLONEDX_GOMOD) app -json -licenses -main cmd/kms-plugin -output $(BIN)/kms-plugin.cdx.json .
-	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(CYCLONEDX_GOMOD) app -json -licenses -main cmd/kmsctl -output $(BIN)/kmsctl.cdx.json .
+	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(CYCLONEDX_GOMOD) app -json -licenses -noserial -notimestamp -main cmd/kms-plugin -output $(BIN)/kms-plugin.cdx.json .
+	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(CYCLONEDX_GOMOD) app -json -licenses -noserial -notimestamp -main cmd/kmsctl -output $(BIN)/kmsctl.cdx.json .
 
 $(CYCLONEDX_GOMOD):
 	GOBIN=$(dir $@) go install github.com/CycloneDX/cyclonedx-gomod/cmd/cyclonedx-gomod@$(CYCLONEDX_GOMOD_VERSION)
@@ -107,5 +125,51 @@ $(PROTOC_GEN_GO):
 $(PROTOC_GEN_GO_GRPC):
 	GOBIN=$(dir $@) go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
 
+vulncheck: build $(GOVULNCHECK) $(VULNDB)/index/db.json ## govulncheck over the source and the release binaries, offline; fails on any reachable vulnerability
+	@echo "vulnerability database: golang.org/x/vulndb@$(VULNDB_VERSION)"
+	@grep -q "golang.org/x/vulndb@$(VULNDB_VERSION)" README.md || { echo "README.md's security section names another database than $(VULNDB_VERSION): update it"; exit 1; }
+	$(GOVULNCHECK) -db file://$(VULNDB) -show verbose ./...
+	$(GOVULNCHECK) -db file://$(VULNDB) -mode binary -show verbose $(BIN)/kms-plugin
+	$(GOVULNCHECK) -db file://$(VULNDB) -mode binary -show verbose $(BIN)/kmsctl
+
+$(GOVULNCHECK):
+	GOBIN=$(dir $@) go install golang.org/x/vuln/cmd/govulncheck@$(GOVULNCHECK_VERSION)
+
+$(INDEXDB):
+	GOBIN=$(dir $@) go install golang.org/x/vulndb/cmd/indexdb@$(VULNDB_VERSION)
+
+# The database is written to a temporary name first, so that an interrupted
+# run never leaves a partial one in the cache.
+$(VULNDB)/index/db.json: $(INDEXDB)
+	@mkdir -p $(TOOLS)
+	src=$$(cd $(TOOLS) && GOFLAGS=-mod=mod go mod download -json golang.org/x/vulndb@$(VULNDB_VERSION) | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p') && \
+	  test -d "$$src/data/osv" && rm -rf $(VULNDB).tmp && \
+	  $(INDEXDB) -vulns $$src/data/osv -out $(VULNDB).tmp && rm -rf $(VULNDB) && mv $(VULNDB).tmp $(VULNDB)
+
+vulndb-update: ## move the vulnerability database pin to the newest golang.org/x/vulndb
+	v=$$(cd $(TOOLS) && go list -m -json golang.org/x/vulndb@latest | sed -n 's/^[[:space:]]*"Version": "\(.*\)",$$/\1/p') && \
+	  test -n "$$v" && sed -i "s/^VULNDB_VERSION := .*/VULNDB_VERSION := $$v/" Makefile && \
+	  echo "VULNDB_VERSION is now $$v; run make vulncheck and update the README's security section"
+
+release-binaries: ## static binaries for RELEASE_PLATFORMS in DIST (reproducible: -trimpath, no VCS stamp, version from the tag or revision)
+	@mkdir -p $(DIST)
+	@for p in $(RELEASE_PLATFORMS); do os=$${p%/*}; arch=$${p#*/}; \
+	  echo "go build $$os/$$arch"; \
+	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch go build -trimpath -buildvcs=false -ldflags "$(LDFLAGS)" \
+	    -o $(DIST)/$$os-$$arch/ ./cmd/kms-plugin ./cmd/kmsctl || exit 1; done
+
+release: release-binaries $(CYCLONEDX_GOMOD) $(GOVULNCHECK) $(VULNDB)/index/db.json ## release artifacts in DIST: binaries, SBOMs, vulnerability reports, SHA256SUMS
+	@for p in $(RELEASE_PLATFORMS); do os=$${p%/*}; arch=$${p#*/}; d=$(DIST)/$$os-$$arch; \
+	  for c in kms-plugin kmsctl; do \
+	    CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(CYCLONEDX_GOMOD) app -json -licenses -noserial -notimestamp -main cmd/$$c -output $$d/$$c.cdx.json . || exit 1; \
+	    $(GOVULNCHECK) -db file://$(VULNDB) -mode binary -show verbose $$d/$$c > $$d/$$c.vulncheck.txt \
+	      || { cat $$d/$$c.vulncheck.txt; echo "$$d/$$c: reachable vulnerabilities; not releasing"; exit 1; }; \
+	  done; done
+	cd $(DIST) && find . -type f ! -name SHA256SUMS -printf '%P\n' | LC_ALL=C sort | xargs sha256sum > SHA256SUMS
+	@echo "release $(VERSION) in $(DIST); verify with: cd $(DIST) && sha256sum -c SHA256SUMS"
+
+release-check: ## build this commit's release binaries twice, in two clones with separate build caches, and compare them byte for byte
+	$(GO_TEST) -tags release -count=1 -timeout 30m -v ./test/release/
+
 clean:
-	rm -rf $(BIN)
+	rm -rf $(BIN) dist

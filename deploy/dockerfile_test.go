@@ -134,3 +134,38 @@ func checkStatic(t *testing.T, bin string) {
 		t.Errorf("%s needs shared libraries %v", filepath.Base(bin), libs)
 	}
 }
+
+// TestDockerfileGoVersion: the image is built with the patched Go toolchain
+// that go.mod pins, not an older one, and BuildKit's syntax is declared for
+// its RUN --mount caches.
+func TestDockerfileGoVersion(t *testing.T) {
+	mod, err := os.ReadFile(filepath.Join(testbin.RepoRoot(), "go.mod"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var toolchain string
+	for _, line := range strings.Split(string(mod), "\n") {
+		if v, ok := strings.CutPrefix(line, "toolchain go"); ok {
+			toolchain = strings.TrimSpace(v)
+		}
+	}
+	if toolchain == "" {
+		t.Fatal("go.mod has no toolchain line: pin a patched Go toolchain")
+	}
+	var arg string
+	for _, ins := range dockerfile(t) {
+		if v, ok := strings.CutPrefix(ins, "ARG GO_VERSION="); ok {
+			arg = v
+		}
+	}
+	if arg != toolchain {
+		t.Errorf("Dockerfile builds with Go %q, go.mod pins toolchain go%s: keep them in step", arg, toolchain)
+	}
+	raw, err := os.ReadFile(filepath.Join(testbin.RepoRoot(), "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(string(raw), "# syntax=docker/dockerfile:1\n") {
+		t.Errorf("the Dockerfile uses RUN --mount without a leading # syntax=docker/dockerfile:1 line")
+	}
+}
