@@ -146,6 +146,12 @@ func checkPod(t *testing.T, p *corev1.Pod) {
 	if s.AutomountServiceAccountToken == nil || *s.AutomountServiceAccountToken {
 		t.Errorf("automountServiceAccountToken = %v, want false", ptrString(s.AutomountServiceAccountToken))
 	}
+	// With host networking, ClusterFirstWithHostNet (or ClusterFirst)
+	// would resolve names through CoreDNS, which needs the apiserver,
+	// which needs this plugin: a circular dependency at a cold start.
+	if s.DNSPolicy != corev1.DNSDefault {
+		t.Errorf("dnsPolicy = %q, want %q (the node's resolver; cluster DNS depends on this plugin)", s.DNSPolicy, corev1.DNSDefault)
+	}
 	if s.HostPID || s.HostIPC {
 		t.Errorf("hostPID = %v, hostIPC = %v, want false", s.HostPID, s.HostIPC)
 	}
