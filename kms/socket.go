@@ -23,8 +23,20 @@ type Endpoint struct {
 	Address string
 }
 
+// maxSocketPath is the longest unix socket address Linux takes: sun_path
+// is 108 bytes, with a terminating (or, for an abstract name, leading) NUL.
+const maxSocketPath = 107
+
 // ParseEndpoint parses the --listen or --endpoint value.
 func ParseEndpoint(s string) (Endpoint, error) {
+	ep, err := parseEndpoint(s)
+	if err == nil && len(ep.Address) > maxSocketPath {
+		return Endpoint{}, fmt.Errorf("endpoint %q: the socket path is %d bytes, but Linux allows at most %d: choose a shorter path", s, len(ep.Address), maxSocketPath)
+	}
+	return ep, err
+}
+
+func parseEndpoint(s string) (Endpoint, error) {
 	rest, ok := strings.CutPrefix(s, "unix://")
 	if !ok {
 		return Endpoint{}, fmt.Errorf("endpoint %q: want unix:///path or unix:///@name", s)
@@ -40,6 +52,18 @@ func ParseEndpoint(s string) (Endpoint, error) {
 	default:
 		return Endpoint{}, fmt.Errorf("endpoint %q: want an absolute path, unix:///path or unix:///@name", s)
 	}
+}
+
+// WideModeWarning says why a socket mode is risky, or returns "": any mode
+// that lets other users connect opens a decryption oracle to them.
+func WideModeWarning(mode fs.FileMode) string {
+	switch {
+	case mode&0o006 != 0:
+		return fmt.Sprintf("socket mode %#o lets every local user call Decrypt; use 0600, or 0660 with --socket-group", mode)
+	case mode&0o060 != 0 && mode&0o060 != 0o060:
+		return fmt.Sprintf("socket mode %#o gives the group only part of read and write; connecting needs both (0660)", mode)
+	}
+	return ""
 }
 
 // Abstract reports whether the endpoint is a Linux abstract socket, which

@@ -3,6 +3,7 @@ package kms
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -30,6 +31,9 @@ func TestParseEndpoint(t *testing.T) {
 		{"tcp://127.0.0.1:80", "", false, false},
 		{"/var/run/kms.sock", "", false, false},
 		{"", "", false, false},
+		{"unix:///" + strings.Repeat("d", 107), "/" + strings.Repeat("d", 107), false, false},
+		{"unix:///" + strings.Repeat("d", 106), "/" + strings.Repeat("d", 106), false, true},
+		{"unix:///@" + strings.Repeat("a", 108), "", true, false},
 	}
 	for _, c := range cases {
 		ep, err := ParseEndpoint(c.in)
@@ -42,6 +46,14 @@ func TestParseEndpoint(t *testing.T) {
 		}
 		if c.ok && ep.String() != strings.Replace(c.in, "/tmp/../tmp/", "/tmp/", 1) {
 			t.Errorf("ParseEndpoint(%q).String() = %q", c.in, ep.String())
+		}
+	}
+}
+
+func TestWideModeWarning(t *testing.T) {
+	for mode, warn := range map[fs.FileMode]bool{0o600: false, 0o660: false, 0o666: true, 0o606: true, 0o620: true, 0o640: true} {
+		if got := WideModeWarning(mode) != ""; got != warn {
+			t.Errorf("WideModeWarning(%#o) = %q, want a warning: %v", mode, WideModeWarning(mode), warn)
 		}
 	}
 }

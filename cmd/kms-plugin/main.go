@@ -102,6 +102,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if w := kms.WideModeWarning(cfg.Socket.Mode); w != "" {
+		log.Warn(w)
+	}
 
 	reg := prometheus.NewRegistry()
 	provider, err := registry.New(ctx, o.provider, providers.Env{Logger: log.With("provider", o.provider), Metrics: reg})
