@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 )
@@ -31,5 +32,19 @@ func TestUnknownSubcommandFails(t *testing.T) {
 	}
 	if out, err := kmsctl("vault"); err != nil || !strings.Contains(out, "Available Commands") {
 		t.Errorf("kmsctl vault with no subcommand = %v, want its help\n%s", err, out)
+	}
+}
+
+// TestStatusJSONError: status -o json against no plugin prints a JSON
+// error object naming the endpoint, and exits 2.
+func TestStatusJSONError(t *testing.T) {
+	ep := "unix://" + t.TempDir() + "/none.sock"
+	out, err := kmsctl("status", "--endpoint", ep, "-o", "json", "--timeout", "300ms")
+	if err == nil || exitCode(err) != exitUnreachable {
+		t.Fatalf("status of no plugin = %v (exit %d), want exit %d", err, exitCode(err), exitUnreachable)
+	}
+	var got statusError
+	if jerr := json.Unmarshal([]byte(out), &got); jerr != nil || got.Endpoint != ep || !strings.Contains(got.Error, "does not exist") {
+		t.Errorf("status -o json on failure printed %q (%v); want {endpoint, error} naming the missing socket", out, jerr)
 	}
 }

@@ -29,6 +29,12 @@ type statusResult struct {
 	Loaded *loadedState `json:"loaded,omitempty"`
 }
 
+// statusError is what `kmsctl status -o json` prints when it fails.
+type statusError struct {
+	Endpoint string `json:"endpoint"`
+	Error    string `json:"error"`
+}
+
 // loadedState is a plugin's admin GetLoaded reply.
 type loadedState struct {
 	Provider          string              `json:"provider"`
@@ -93,20 +99,31 @@ Exits non-zero when the call fails or the plugin does not report healthz
 "ok".`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// With -o json a failure is a JSON object too, so that a
+			// script reading stdout always gets one.
+			fail := func(err error) error {
+				if out == "json" {
+					_ = printJSON(cmd.OutOrStdout(), statusError{Endpoint: endpoint, Error: err.Error()})
+				}
+				return err
+			}
 			client, conn, err := kms.Dial(endpoint)
 			if err != nil {
-				return err
+				return fail(err)
 			}
 			defer conn.Close()
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
+			if err := reachPlugin(ctx, client, endpoint, timeout); err != nil {
+				return fail(err)
+			}
 			resp, err := client.Status(ctx, &kmsapi.StatusRequest{})
 			if err != nil {
-				return fmt.Errorf("status of %s: %w", endpoint, err)
+				return fail(fmt.Errorf("status of %s: %s: %s", endpoint, status.Code(err), status.Convert(err).Message()))
 			}
 			res := statusResult{Endpoint: endpoint, Version: resp.GetVersion(), Healthz: resp.GetHealthz(), KeyID: resp.GetKeyId()}
 			if res.Loaded, err = getLoaded(ctx, conn); err != nil {
-				return fmt.Errorf("admin API of %s: %w", endpoint, err)
+				return fail(fmt.Errorf("admin API of %s: %s", endpoint, status.Convert(err).Message()))
 			}
 			if out == "json" {
 				err = printJSON(cmd.OutOrStdout(), res)
