@@ -86,6 +86,20 @@ type SocketOptions struct {
 	Group string
 }
 
+// Validate checks the options without touching the file system: a
+// socket group that does not exist is refused before anything starts.
+func (o SocketOptions) Validate() error {
+	if o.Mode&^0o777 != 0 {
+		return fmt.Errorf("socket mode %#o: only permission bits are allowed", o.Mode)
+	}
+	if o.Group != "" {
+		if _, err := lookupGroup(o.Group); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // socketListener owns a unix socket and, for a file socket, the lock file
 // beside it that keeps a second instance from taking it over.
 type socketListener struct {

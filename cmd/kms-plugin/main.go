@@ -94,6 +94,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if o.dev {
+		if !filepath.IsAbs(o.stateDir) {
+			return fmt.Errorf("--state-dir %q: want an absolute path", o.stateDir)
+		}
+		if !flagSet(fs, "listen") {
+			o.listen = "unix://" + filepath.Join(o.stateDir, "kms.sock")
+		}
+	}
+	// Every flag is checked before anything is created or bound.
+	if _, err := o.serveConfig(); err != nil {
+		return err
+	}
+	if o.dev {
 		if err := setUpDev(fs, &o, localFactory, log); err != nil {
 			return err
 		}
@@ -147,9 +159,13 @@ func (o options) serveConfig() (kms.Config, error) {
 	if o.healthInterval <= 0 || o.healthTimeout <= 0 || o.shutdownTimeout <= 0 {
 		return kms.Config{}, errors.New("--health-interval, --health-timeout and --shutdown-timeout must be positive")
 	}
+	sock := kms.SocketOptions{Mode: fs.FileMode(mode), Group: o.socketGroup}
+	if err := sock.Validate(); err != nil {
+		return kms.Config{}, fmt.Errorf("--socket-group: %w", err)
+	}
 	return kms.Config{
 		Endpoint:        ep,
-		Socket:          kms.SocketOptions{Mode: fs.FileMode(mode), Group: o.socketGroup},
+		Socket:          sock,
 		HealthAddr:      o.healthAddr,
 		HealthInterval:  o.healthInterval,
 		HealthTimeout:   o.healthTimeout,
@@ -185,8 +201,8 @@ func defaultStateDir() string {
 }
 
 // setUpDev points the local provider at a keyring under the state
-// directory, creating it on first use, and puts the socket there unless
-// --listen was given.
+// directory, creating it on first use (run puts the socket there unless
+// --listen was given).
 func setUpDev(fs *flag.FlagSet, o *options, lf *local.Factory, log *slog.Logger) error {
 	log.Warn("DEVELOPMENT MODE: the key-encryption key is a file under the state directory; never use --dev on a real cluster", "state_dir", o.stateDir)
 	if o.provider != "local" {
@@ -207,9 +223,6 @@ func setUpDev(fs *flag.FlagSet, o *options, lf *local.Factory, log *slog.Logger)
 			return err
 		}
 		log.Info("created dev keyring", "path", lf.Config.Keyring, "key_id", k.KeyID(k.Primary().Version))
-	}
-	if !flagSet(fs, "listen") {
-		o.listen = "unix://" + filepath.Join(o.stateDir, "kms.sock")
 	}
 	return nil
 }

@@ -519,3 +519,38 @@ func TestAdminAPIReportsWhatIsLoaded(t *testing.T) {
 		}
 	}
 }
+
+// TestFlagsCheckedBeforeSideEffects: a bad --socket-group or a relative
+// --state-dir is refused before any keyring, directory or port is made.
+func TestFlagsCheckedBeforeSideEffects(t *testing.T) {
+	dir := t.TempDir()
+	port, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := port.Addr().String()
+	_ = port.Close()
+	cases := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"unknown group", []string{"--dev", "--state-dir", filepath.Join(dir, "a"), "--socket-group", "no-such-group-kms", "--health-addr", addr}, "--socket-group"},
+		{"relative state dir", []string{"--dev", "--state-dir", "relative/state", "--health-addr", addr}, "--state-dir"},
+	}
+	for _, c := range cases {
+		out, err := exec.Command(testbin.Build(t, "./cmd/kms-plugin"), c.args...).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), c.want) {
+			t.Errorf("%s: kms-plugin %v = %v\n%s\nwant a refusal naming %s", c.name, c.args, err, out, c.want)
+		}
+		if strings.Contains(string(out), "serving health") {
+			t.Errorf("%s: the health server started before the refusal:\n%s", c.name, out)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "a")); err == nil {
+		t.Errorf("the state directory was created although --socket-group was refused")
+	}
+	if _, err := os.Stat("relative"); err == nil {
+		t.Errorf("a relative state directory was created")
+	}
+}
