@@ -2,6 +2,7 @@ package vault
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -357,5 +358,17 @@ func TestIsPlainHTTP(t *testing.T) {
 		if got := isPlainHTTP(addr); got != want {
 			t.Errorf("isPlainHTTP(%q) = %v, want %v", addr, got, want)
 		}
+	}
+}
+
+// TestAssociatedDataGolden pins the byte layout of what transit binds to
+// every stored ciphertext. Changing it would pass every round-trip test
+// and still make every Secret already in etcd undecryptable: a new layout
+// needs a new envelope format, never an edit here.
+func TestAssociatedDataGolden(t *testing.T) {
+	got := hex.EncodeToString(associatedData([]byte{0x01, 0x01, 0x02}, "vault:transit/kms:v2:1700000000"))
+	const want = "00000003010102" + "7661756c743a7472616e7369742f6b6d733a76323a31373030303030303030"
+	if got != want {
+		t.Errorf("associatedData layout changed:\n got %s\nwant %s", got, want)
 	}
 }
