@@ -17,10 +17,12 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spf13/pflag"
 
 	"github.com/kms-plugin/kms-plugin/kms"
 	"github.com/kms-plugin/kms-plugin/providers"
@@ -31,11 +33,59 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
-	if err != nil && !errors.Is(err, flag.ErrHelp) {
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "kms-plugin:", err)
 		os.Exit(1)
 	}
 }
+
+// envPrefix names the environment variables that set flags: --health-addr
+// is KMS_PLUGIN_HEALTH_ADDR. A flag on the command line wins over its
+// variable; a static pod or a systemd unit may prefer either.
+const envPrefix = "KMS_PLUGIN_"
+
+// envName is the environment variable of flag name.
+func envName(name string) string {
+	return envPrefix + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+}
+
+// applyEnv sets every flag not given on the command line from its
+// environment variable, if that is set.
+func applyEnv(fs *pflag.FlagSet, lookup func(string) (string, bool)) error {
+	var err error
+	fs.VisitAll(func(f *pflag.Flag) {
+		if err != nil || f.Changed {
+			return
+		}
+		if v, ok := lookup(envName(f.Name)); ok {
+			if serr := fs.Set(f.Name, v); serr != nil {
+				err = fmt.Errorf("%s=%q (--%s): %w", envName(f.Name), v, f.Name, serr)
+			}
+		}
+	})
+	return err
+}
+
+const usageText = `kms-plugin is a Kubernetes KMS v2 provider. It runs beside kube-apiserver
+on each control-plane node, serves KMS v2 on a unix socket (and kms-plugin's
+admin API beside it), and wraps the apiserver's data-encryption keys with a
+key-encryption key held in a local keyring file or in Vault's transit engine.
+
+Usage:
+  kms-plugin [flags]
+
+Examples:
+  kms-plugin --dev                                   # a local dev keyring; never in production
+  kms-plugin --keyring /etc/kubernetes/kms-plugin/keyring.json
+  kms-plugin --provider vault --vault-addr https://vault.example:8200 \
+    --vault-auth approle --vault-role-id-file F --vault-secret-id-file G
+
+Every flag can also be set with an environment variable: KMS_PLUGIN_ and the
+flag's name in capitals with _ for -, such as KMS_PLUGIN_HEALTH_ADDR. A flag
+given on the command line wins.
+
+Flags:
+`
 
 // options are kms-plugin's own flags; each provider registers its own.
 type options struct {
@@ -58,8 +108,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	localFactory := local.NewFactory()
 	registry := newRegistry(localFactory)
 
+	// Providers register on a Go FlagSet; pflag parses it (below), so that
+	// flags, help and errors read as kmsctl's do (--flag).
 	fs := flag.NewFlagSet("kms-plugin", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	var o options
 	fs.StringVar(&o.provider, "provider", "local", fmt.Sprintf("key-encryption-key backend: %v", registry.Names()))
 	fs.StringVar(&o.listen, "listen", "unix:///var/run/kms-plugin/kms.sock", "KMS v2 gRPC endpoint: unix:///path or unix:///@abstract-name")
@@ -75,11 +126,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&o.dev, "dev", false, "development mode: local provider on a keyring created under --state-dir (never for production)")
 	fs.StringVar(&o.stateDir, "state-dir", defaultStateDir(), "with --dev: where the dev keyring and socket live")
 	registry.RegisterFlags(fs)
-	if err := fs.Parse(args); err != nil {
-		return err
+	pfs := pflag.NewFlagSet("kms-plugin", pflag.ContinueOnError)
+	pfs.AddGoFlagSet(fs)
+	pfs.SetOutput(io.Discard) // errors are returned, help goes to stdout
+	pfs.Usage = func() {}
+	if err := pfs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			_, err := fmt.Fprint(stdout, usageText, pfs.FlagUsages())
+			return err
+		}
+		return fmt.Errorf("%w (see kms-plugin --help)", err)
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments: %v", fs.Args())
+	if pfs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %v: kms-plugin takes flags only (see kms-plugin --help)", pfs.Args())
+	}
+	if err := applyEnv(pfs, os.LookupEnv); err != nil {
+		return err
 	}
 	if o.version {
 		_, err := fmt.Fprintln(stdout, "kms-plugin", kms.Version)
@@ -97,7 +159,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if !filepath.IsAbs(o.stateDir) {
 			return fmt.Errorf("--state-dir %q: want an absolute path", o.stateDir)
 		}
-		if !flagSet(fs, "listen") {
+		if !pfs.Changed("listen") {
 			o.listen = "unix://" + filepath.Join(o.stateDir, "kms.sock")
 		}
 	}
@@ -106,7 +168,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if o.dev {
-		if err := setUpDev(fs, &o, localFactory, log); err != nil {
+		if err := setUpDev(&o, localFactory, log); err != nil {
 			return err
 		}
 	}
@@ -203,7 +265,7 @@ func defaultStateDir() string {
 // setUpDev points the local provider at a keyring under the state
 // directory, creating it on first use (run puts the socket there unless
 // --listen was given).
-func setUpDev(fs *flag.FlagSet, o *options, lf *local.Factory, log *slog.Logger) error {
+func setUpDev(o *options, lf *local.Factory, log *slog.Logger) error {
 	log.Warn("DEVELOPMENT MODE: the key-encryption key is a file under the state directory; never use --dev on a real cluster", "state_dir", o.stateDir)
 	if o.provider != "local" {
 		return fmt.Errorf("--dev runs the local provider; drop --provider %s", o.provider)
@@ -225,10 +287,4 @@ func setUpDev(fs *flag.FlagSet, o *options, lf *local.Factory, log *slog.Logger)
 		log.Info("created dev keyring", "path", lf.Config.Keyring, "key_id", k.KeyID(k.Primary().Version))
 	}
 	return nil
-}
-
-func flagSet(fs *flag.FlagSet, name string) bool {
-	set := false
-	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
-	return set
 }

@@ -554,3 +554,25 @@ func TestFlagsCheckedBeforeSideEffects(t *testing.T) {
 		t.Errorf("a relative state directory was created")
 	}
 }
+
+// TestFlagsFromEnvironment: every flag can come from KMS_PLUGIN_<FLAG>, as
+// a static pod or systemd unit may prefer, and the command line wins.
+func TestFlagsFromEnvironment(t *testing.T) {
+	dir, keyring := newKeyring(t)
+	t.Setenv("KMS_PLUGIN_KEYRING", keyring)
+	t.Setenv("KMS_PLUGIN_KEYRING_RELOAD_INTERVAL", "250ms")
+	t.Setenv("KMS_PLUGIN_LOG_LEVEL", "not-a-level") // overridden on the command line below
+	p := startPlugin(t, "unix://"+filepath.Join(dir, "kms.sock"), "--log-level", "debug")
+	if st := pluginStatus(t, p); !strings.HasPrefix(st.KeyId, "local:") {
+		t.Fatalf("Status() = %+v; want the keyring named by KMS_PLUGIN_KEYRING", st)
+	}
+	out := kmsctl(t, "status", "--endpoint", "unix://"+filepath.Join(dir, "kms.sock"), "-o", "json")
+	if !strings.Contains(out, `"reload_interval": "250ms"`) {
+		t.Errorf("KMS_PLUGIN_KEYRING_RELOAD_INTERVAL was not applied:\n%s", out)
+	}
+
+	help, err := exec.Command(testbin.Build(t, "./cmd/kms-plugin"), "--help").Output()
+	if err != nil || !strings.Contains(string(help), "--keyring-reload-interval") || !strings.Contains(string(help), "KMS_PLUGIN_") {
+		t.Errorf("kms-plugin --help on stdout = %v\n%s\nwant the flags, as --flag, and the environment rule", err, help)
+	}
+}
