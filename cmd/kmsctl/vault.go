@@ -108,9 +108,11 @@ func newVaultRetireCmd(cfg *vault.Config) *cobra.Command {
 		Use:   "retire --below N",
 		Short: "Set min_decryption_version to N: versions below N stop decrypting (refuses to retire the latest)",
 		Long: `Set the transit key's min_decryption_version to N, so that versions below N
-no longer decrypt. Only do this after every object was re-encrypted under a
-newer version (kubectl get secrets -A -o json | kubectl replace -f -), or
-those objects become unreadable. N may not exceed the latest version.`,
+no longer decrypt. Only do this after "kmsctl migrate" re-encrypted every
+object and "kmsctl verify --expect-key-id <latest key_id>" passed, or the
+objects still under older versions become unreadable; "kmsctl rotate
+--backend vault --retire" does all three in order. N may not exceed the
+latest version.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			p, err := openVault(cmd, *cfg)

@@ -47,6 +47,14 @@ kind create cluster --name "$cluster" --config "$root/deploy/kind/cluster.yaml" 
   ${KIND_NODE_IMAGE:+--image "$KIND_NODE_IMAGE"} --kubeconfig "$work/kubeconfig" --wait 3m
 export KUBECONFIG=$work/kubeconfig
 
+# The suite needs KMS v2 and automatic EncryptionConfiguration reloads as
+# Kubernetes 1.34 ships them; an older node image fails later, obscurely.
+minor=$(kubectl version -o json | sed -n 's/.*"minor": *"\([0-9]*\).*/\1/p' | tail -1)
+if [ -z "$minor" ] || [ "$minor" -lt 34 ]; then
+  log "the node runs Kubernetes 1.${minor:-?}; the suite needs 1.34 or later: set KIND_NODE_IMAGE to a newer kindest/node"
+  exit 1
+fi
+
 log "loading $image into the node"
 kind load docker-image "$image" --name "$cluster"
 
@@ -86,8 +94,11 @@ for i in $(seq 1 60); do
 done
 kubectl get --raw /healthz/kms-providers >/dev/null
 
-log "rewriting existing Secrets under kms-plugin"
-kubectl get secrets -A -o json | kubectl replace -f - >/dev/null
+log "rewriting existing Secrets under kms-plugin, and proving it from etcd"
+in_node kmsctl migrate --kubeconfig /etc/kubernetes/admin.conf --resources secrets -q >/dev/null
+in_node kmsctl verify --cacert /etc/kubernetes/pki/etcd/ca.crt \
+  --cert /etc/kubernetes/pki/apiserver-etcd-client.crt --key /etc/kubernetes/pki/apiserver-etcd-client.key \
+  --resources secrets --expect-provider kms-plugin -q >/dev/null
 
 log "copying etcd client credentials"
 docker cp "$node:/etc/kubernetes/pki/etcd/ca.crt" "$work/etcd/ca.crt"
