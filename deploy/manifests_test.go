@@ -370,12 +370,24 @@ func TestEncryptionConfigs(t *testing.T) {
 	if n < 4 {
 		t.Errorf("found %d EncryptionConfiguration samples, want local, vault, identity-to-kms and local-to-vault", n)
 	}
-	pod := pods(t)[filepath.Join("static-pod", "kms-plugin.yaml")]
-	if pod == nil {
-		t.Fatal("static-pod/kms-plugin.yaml is missing")
-	}
-	if got, want := flagValue(pod.Spec.Containers[0], "listen"), endpointOf["kms-plugin"]; got != want {
-		t.Errorf("static pod listens on %q, but the samples' kms-plugin provider calls %q", got, want)
+	// Each static pod listens where the samples' provider of its backend
+	// calls, and the two health addresses differ, so that both plugins
+	// can run on one node while Secrets move from one backend to the other.
+	health := map[string]string{}
+	for file, provider := range map[string]string{"kms-plugin.yaml": "kms-plugin", "kms-plugin-vault.yaml": "kms-plugin-vault"} {
+		pod := pods(t)[filepath.Join("static-pod", file)]
+		if pod == nil {
+			t.Errorf("static-pod/%s is missing", file)
+			continue
+		}
+		if got, want := flagValue(pod.Spec.Containers[0], "listen"), endpointOf[provider]; got != want {
+			t.Errorf("static-pod/%s listens on %q, but the samples' %s provider calls %q", file, got, provider, want)
+		}
+		addr := flagValue(pod.Spec.Containers[0], "health-addr")
+		if other, ok := health[addr]; ok {
+			t.Errorf("static-pod/%s and %s both serve health on %s", file, other, addr)
+		}
+		health[addr] = file
 	}
 }
 
