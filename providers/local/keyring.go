@@ -529,13 +529,15 @@ func sanitizeJSONError(err error) error {
 	if errors.As(err, &se) {
 		return fmt.Errorf("syntax error at byte %d", se.Offset)
 	}
-	var te *json.UnmarshalTypeError
-	if errors.As(err, &te) {
-		return fmt.Errorf("field %q has the wrong type", te.Field)
-	}
+	// Base64 first: some Go versions report a bad key as a type error
+	// that wraps the base64 error.
 	var ce base64.CorruptInputError
 	if errors.As(err, &ce) {
 		return errors.New("a key is not valid base64")
+	}
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		return fmt.Errorf("field %q has the wrong type", te.Field)
 	}
 	if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
 		n, uerr := strconv.Unquote(name)
