@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"io"
+	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -124,7 +126,16 @@ func keyringVersionChange(path *string, use, short string, change func(*local.Ke
 // applies change to the keyring file and prints what change returns.
 func keyringChangeWithVersion(path *string, use, short string, change func(*local.Keyring, int64) (string, error)) *cobra.Command {
 	var version int64
-	cmd := keyringChange(path, use, short, func(k *local.Keyring) (string, error) { return change(k, version) })
+	cmd := keyringChange(path, use, short, func(k *local.Keyring) (string, error) {
+		if k.Find(version) == nil {
+			var have []string
+			for _, v := range k.Versions {
+				have = append(have, strconv.FormatInt(v.Version, 10))
+			}
+			return "", fmt.Errorf("version %d does not exist (versions: %s)", version, strings.Join(have, ", "))
+		}
+		return change(k, version)
+	})
 	cmd.Flags().Int64Var(&version, "version", 0, "key version (required)")
 	_ = cmd.MarkFlagRequired("version")
 	return cmd

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"regexp"
 	"strings"
 	"syscall"
 
@@ -22,7 +23,7 @@ func main() {
 	err := newRootCmd().ExecuteContext(ctx)
 	stop()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "kmsctl:", err)
+		fmt.Fprintln(os.Stderr, "kmsctl:", operatorMessage(err))
 		os.Exit(exitCode(err))
 	}
 }
@@ -38,7 +39,51 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(newKeyringCmd(), newStatusCmd(), newVaultCmd(), newBenchCmd(), newConformanceCmd())
 	root.AddCommand(newVerifyCmd(), newMigrateCmd(), newRotateCmd())
 	refuseUnknownSubcommands(root)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return flagError(err) })
 	return root
+}
+
+// Sentinel words that errors carry for errors.Is and the gRPC mapping, and
+// that mean nothing more to a person at the end of a sentence that already
+// says what is wrong.
+var sentinelSuffixes = []string{": invalid argument", ": key retired", ": provider not configured"}
+
+var rpcText = regexp.MustCompile(`rpc error: code = (\w+) desc = `)
+
+// operatorMessage is err as kmsctl prints it: without a trailing sentinel
+// word and with gRPC's framing reduced to the code.
+func operatorMessage(err error) string {
+	msg := rpcText.ReplaceAllString(err.Error(), "$1: ")
+	for _, s := range sentinelSuffixes {
+		msg = strings.TrimSuffix(msg, s)
+	}
+	return msg
+}
+
+var flagValueError = regexp.MustCompile(`^invalid argument "(.*)" for "(.*)" flag: (?:strconv\.Parse(\w+)|time\.ParseDuration)?.*?(invalid syntax|value out of range|invalid duration.*)?$`)
+
+// flagError rewrites pflag's parse errors, which quote Go's strconv
+// messages, into what the flag wants.
+func flagError(err error) error {
+	m := flagValueError.FindStringSubmatch(err.Error())
+	if m == nil {
+		return err
+	}
+	want := "a valid value"
+	switch {
+	case strings.HasPrefix(m[3], "Int") || strings.HasPrefix(m[3], "Uint"):
+		want = "a whole number"
+	case strings.HasPrefix(m[3], "Float"):
+		want = "a number"
+	case m[3] == "Bool":
+		want = "true or false"
+	case strings.HasPrefix(m[4], "invalid duration") || strings.Contains(err.Error(), "time: "):
+		want = "a duration such as 30s or 5m"
+	}
+	if m[4] == "value out of range" {
+		want += " in range"
+	}
+	return fmt.Errorf("%s %q: want %s", m[2], m[1], want)
 }
 
 // refuseUnknownSubcommands makes every command group (a command with

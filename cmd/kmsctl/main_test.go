@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 )
@@ -46,5 +47,54 @@ func TestStatusJSONError(t *testing.T) {
 	var got statusError
 	if jerr := json.Unmarshal([]byte(out), &got); jerr != nil || got.Endpoint != ep || !strings.Contains(got.Error, "does not exist") {
 		t.Errorf("status -o json on failure printed %q (%v); want {endpoint, error} naming the missing socket", out, jerr)
+	}
+}
+
+// TestMessagesForPeople: kmsctl's errors say what is wrong and what to do,
+// without Go-internal wording: no strconv text, no trailing sentinel word,
+// no gRPC framing; a missing version lists the ones there are.
+func TestMessagesForPeople(t *testing.T) {
+	path := t.TempDir() + "/keyring.json"
+	if _, err := kmsctl("keyring", "init", "--keyring", path); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"keyring", "promote", "--keyring", path, "--version", "abc"}, `--version "abc": want a whole number`},
+		{[]string{"keyring", "promote", "--keyring", path, "--version", "7"}, "version 7 does not exist (versions: 1)"},
+		{[]string{"keyring", "retire", "--keyring", path, "--version", "1"}, "it is the primary version; rotate or promote another first"},
+		{[]string{"status", "--timeout", "5x"}, `--timeout "5x": want a duration`},
+	}
+	for _, c := range cases {
+		_, err := kmsctl(c.args...)
+		if err == nil {
+			t.Errorf("kmsctl %s succeeded", strings.Join(c.args, " "))
+			continue
+		}
+		msg := operatorMessage(err)
+		if !strings.Contains(msg, c.want) {
+			t.Errorf("kmsctl %s: %q, want %q", strings.Join(c.args, " "), msg, c.want)
+		}
+		for _, bad := range []string{"strconv.", "invalid argument", "rpc error", "provider not configured"} {
+			if strings.Contains(msg, bad) {
+				t.Errorf("kmsctl %s: %q holds Go-internal wording %q", strings.Join(c.args, " "), msg, bad)
+			}
+		}
+	}
+	if got := operatorMessage(errors.New("status of x: rpc error: code = Unavailable desc = connection refused")); got != "status of x: Unavailable: connection refused" {
+		t.Errorf("operatorMessage(gRPC text) = %q", got)
+	}
+}
+
+// TestNoKubeconfig: without a kubeconfig, migrate says how to give one,
+// not client-go's hint about the obsolete KUBERNETES_MASTER.
+func TestNoKubeconfig(t *testing.T) {
+	t.Setenv("KUBECONFIG", "")
+	t.Setenv("HOME", t.TempDir())
+	_, err := kmsctl("migrate", "--resources", "secrets")
+	if err == nil || !strings.Contains(err.Error(), "--kubeconfig") || strings.Contains(err.Error(), "KUBERNETES_MASTER") {
+		t.Errorf("migrate without a kubeconfig = %v, want advice to pass --kubeconfig", err)
 	}
 }

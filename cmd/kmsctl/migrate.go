@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -38,6 +39,10 @@ func (f *kubeFlags) restConfig() (*rest.Config, error) {
 	rules.ExplicitPath = f.kubeconfig
 	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules,
 		&clientcmd.ConfigOverrides{CurrentContext: f.context}).ClientConfig()
+	if clientcmd.IsEmptyConfig(err) {
+		// client-go's own message points at the obsolete KUBERNETES_MASTER.
+		return nil, errors.New("no kubeconfig found: pass --kubeconfig (on a control-plane node, /etc/kubernetes/admin.conf) or set KUBECONFIG")
+	}
 	if err != nil {
 		return nil, fmt.Errorf("load kubeconfig: %w", err)
 	}
