@@ -35,6 +35,7 @@ type Provider struct {
 	mu      sync.RWMutex
 	meta    *keyMetadata // nil until the first successful read
 	metaErr error        // why the key is unusable (deleted, denied), or nil
+	readErr error        // the last transient failure to read metadata, shown until one succeeds
 
 	stop      context.CancelFunc
 	wg        sync.WaitGroup
@@ -116,6 +117,9 @@ func newProvider(ctx context.Context, cfg Config, be backend, env providers.Env,
 			return nil, err
 		}
 		log.Warn("vault unreachable at start; retrying in the background", "err", err)
+		p.mu.Lock()
+		p.readErr = err
+		p.mu.Unlock()
 	} else if _, err := p.refresh(ctx); err != nil {
 		if !errors.Is(err, providers.ErrUnavailable) {
 			return nil, err
@@ -150,6 +154,11 @@ func (p *Provider) Current() (providers.Key, error) {
 		return providers.Key{}, fmt.Errorf("current vault key: %w", p.metaErr)
 	}
 	if p.meta == nil {
+		if p.readErr != nil {
+			// The cause, not only "not yet": it is what an operator
+			// running kmsctl status needs, and it names no secret.
+			return providers.Key{}, fmt.Errorf("current vault key: metadata not read yet: %w", p.readErr)
+		}
 		return providers.Key{}, fmt.Errorf("current vault key: metadata not read yet: %w", providers.ErrUnavailable)
 	}
 	v := p.meta.Latest
@@ -458,7 +467,7 @@ func (p *Provider) setMeta(m keyMetadata, err error) {
 	switch {
 	case err == nil:
 		old := p.meta
-		p.meta, p.metaErr = &m, nil
+		p.meta, p.metaErr, p.readErr = &m, nil, nil
 		if old == nil || old.Latest != m.Latest || !old.Created[old.Latest].Equal(m.Created[m.Latest]) {
 			p.log.Info("vault key version", "key_id", keyID(p.prefix, m.Latest, m.Created[m.Latest]), "version", m.Latest)
 		}
@@ -466,7 +475,8 @@ func (p *Provider) setMeta(m keyMetadata, err error) {
 			p.cache.dropBelow(m.MinDecryptionVersion)
 		}
 	case errors.Is(err, providers.ErrUnavailable):
-		// keep what we had
+		// keep what we had, and remember why for Current
+		p.readErr = err
 	default:
 		if p.metaErr == nil {
 			p.log.Error("vault key unusable", "err", err)

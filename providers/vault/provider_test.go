@@ -526,3 +526,18 @@ func TestEncryptRefusedOnceKeyIsKnownDeleted(t *testing.T) {
 		t.Errorf("Encrypt() after deletion made %d Vault calls, want 0 (transit could recreate the key)", n)
 	}
 }
+
+// TestCurrentNamesWhyVaultIsUnreachable: a plugin that has not read the
+// key yet says why, so that kmsctl status shows the cause and not only
+// "not read yet".
+func TestCurrentNamesWhyVaultIsUnreachable(t *testing.T) {
+	fb := &fakeBackend{}
+	fb.readKey = func(context.Context) (keyMetadata, error) {
+		return keyMetadata{}, fmt.Errorf("dial tcp 127.0.0.1:8200: connect: connection refused")
+	}
+	p := newTestProvider(t, testConfig(t), fb)
+	_, err := p.Current()
+	if !errors.Is(err, providers.ErrUnavailable) || !strings.Contains(err.Error(), "connection refused") {
+		t.Errorf("Current() before any metadata = %v, want unavailable naming the cause", err)
+	}
+}
