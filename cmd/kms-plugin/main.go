@@ -266,15 +266,18 @@ func defaultStateDir() string {
 // directory, creating it on first use (run puts the socket there unless
 // --listen was given).
 func setUpDev(o *options, lf *local.Factory, log *slog.Logger) error {
-	log.Warn("DEVELOPMENT MODE: the key-encryption key is a file under the state directory; never use --dev on a real cluster", "state_dir", o.stateDir)
 	if o.provider != "local" {
 		return fmt.Errorf("--dev runs the local provider; drop --provider %s", o.provider)
 	}
-	if err := os.MkdirAll(o.stateDir, 0o700); err != nil {
-		return fmt.Errorf("create state directory: %w", err)
-	}
 	if lf.Config.Keyring == "" {
 		lf.Config.Keyring = filepath.Join(o.stateDir, "keyring.json")
+	}
+	// Name the keyring actually used: --keyring may point outside the
+	// state directory.
+	log.Warn("DEVELOPMENT MODE: the key-encryption key is a plain file on this host; never use --dev on a real cluster",
+		"keyring", lf.Config.Keyring, "state_dir", o.stateDir)
+	if err := os.MkdirAll(o.stateDir, 0o700); err != nil {
+		return fmt.Errorf("create state directory: %w", err)
 	}
 	if _, err := os.Stat(lf.Config.Keyring); errors.Is(err, os.ErrNotExist) {
 		k, err := local.New(time.Now())

@@ -305,6 +305,18 @@ func TestPluginDevMode(t *testing.T) {
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("dev keyring: %v, mode %v; want a 0600 file", err, fi)
 	}
+
+	// --dev with --keyring elsewhere: the warning names that keyring, and
+	// no keyring appears in the state directory.
+	other := filepath.Join(t.TempDir(), "mine.json")
+	state2 := t.TempDir()
+	p2 := startPlugin(t, "unix://"+filepath.Join(state2, "dev.sock"), "--dev", "--state-dir", state2, "--keyring", other)
+	if !strings.Contains(p2.Logs.String(), other) {
+		t.Errorf("dev mode with --keyring %s does not name it:\n%s", other, p2.Logs.String())
+	}
+	if _, err := os.Stat(filepath.Join(state2, "keyring.json")); err == nil {
+		t.Errorf("dev mode with --keyring made a keyring in the state directory too")
+	}
 }
 
 func TestKmsctlBenchAgainstPlugin(t *testing.T) {
