@@ -84,6 +84,10 @@ type SocketOptions struct {
 	Mode fs.FileMode
 	// Group, if set, owns the socket (a name or numeric gid).
 	Group string
+	// CreateDir creates a missing parent directory (0750). Set it only for
+	// a documented default path: a mistyped --listen must fail, naming
+	// the directory, rather than grow a new one.
+	CreateDir bool
 }
 
 // Validate checks the options without touching the file system: a
@@ -110,7 +114,7 @@ type socketListener struct {
 }
 
 // Listen creates the socket for ep. For a file socket it creates the parent
-// directory (0750), takes an exclusive lock on "<socket>.lock", refuses to
+// directory (0750) if opts.CreateDir, else requires it, takes an exclusive lock on "<socket>.lock", refuses to
 // start if another live server answers on the path, removes a stale socket
 // left by a dead process, and creates the new socket with opts' mode and
 // group (never wider than asked, not even for an instant).
@@ -138,8 +142,12 @@ func Listen(ep Endpoint, opts SocketOptions) (net.Listener, error) {
 		gid = g
 	}
 	path := ep.Address
-	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
-		return nil, fmt.Errorf("create socket directory: %w", err)
+	if opts.CreateDir {
+		if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+			return nil, fmt.Errorf("create socket directory: %w", err)
+		}
+	} else if fi, err := os.Stat(filepath.Dir(path)); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("listen on %s: the directory %s does not exist (or is not a directory): create it, owned by the plugin's user, or fix the path", path, filepath.Dir(path))
 	}
 	lock, err := lockFile(path + ".lock")
 	if err != nil {

@@ -87,6 +87,10 @@ given on the command line wins.
 Flags:
 `
 
+// defaultListen is where the plugin serves unless told otherwise; its
+// directory is the only one the plugin creates.
+const defaultListen = "unix:///var/run/kms-plugin/kms.sock"
+
 // options are kms-plugin's own flags; each provider registers its own.
 type options struct {
 	provider        string
@@ -113,7 +117,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("kms-plugin", flag.ContinueOnError)
 	var o options
 	fs.StringVar(&o.provider, "provider", "local", fmt.Sprintf("key-encryption-key backend: %v", registry.Names()))
-	fs.StringVar(&o.listen, "listen", "unix:///var/run/kms-plugin/kms.sock", "KMS v2 gRPC endpoint: unix:///path or unix:///@abstract-name")
+	fs.StringVar(&o.listen, "listen", defaultListen, "KMS v2 gRPC endpoint: unix:///path or unix:///@abstract-name (its directory must exist, but for the default's)")
 	fs.StringVar(&o.socketMode, "socket-mode", "0600", "file mode of the socket; widen only deliberately")
 	fs.StringVar(&o.socketGroup, "socket-group", "", "group (name or gid) that owns the socket")
 	fs.StringVar(&o.healthAddr, "health-addr", "127.0.0.1:8787", "address for /livez, /readyz, /healthz and /metrics (empty disables)")
@@ -221,7 +225,9 @@ func (o options) serveConfig() (kms.Config, error) {
 	if o.healthInterval <= 0 || o.healthTimeout <= 0 || o.shutdownTimeout <= 0 {
 		return kms.Config{}, errors.New("--health-interval, --health-timeout and --shutdown-timeout must be positive")
 	}
-	sock := kms.SocketOptions{Mode: fs.FileMode(mode), Group: o.socketGroup}
+	// Only the default socket directory is created; a --listen elsewhere
+	// must name a directory that exists.
+	sock := kms.SocketOptions{Mode: fs.FileMode(mode), Group: o.socketGroup, CreateDir: o.listen == defaultListen}
 	if err := sock.Validate(); err != nil {
 		return kms.Config{}, fmt.Errorf("--socket-group: %w", err)
 	}

@@ -61,6 +61,13 @@ func ctx3s(t *testing.T) context.Context { return plugintest.Ctx(t, 3*time.Secon
 func TestPluginServesContract(t *testing.T) {
 	dir, keyring := newKeyring(t)
 	sock := filepath.Join(dir, "run", "kms.sock")
+	// A --listen in a directory that does not exist is refused, naming it.
+	if _, err := plugintest.Launch(t, "unix://"+sock, "--keyring", keyring); err == nil || !strings.Contains(err.Error(), filepath.Join(dir, "run")+" does not exist") {
+		t.Fatalf("--listen in a missing directory: %v, want a refusal naming it", err)
+	}
+	if err := os.Mkdir(filepath.Join(dir, "run"), 0o750); err != nil {
+		t.Fatal(err)
+	}
 	p := startPlugin(t, "unix://"+sock, "--keyring", keyring)
 
 	fi, err := os.Stat(sock)

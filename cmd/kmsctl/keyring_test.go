@@ -25,6 +25,13 @@ func kmsctl(args ...string) (string, error) {
 
 func TestKeyringCommands(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keys", "keyring.json")
+	// A missing directory is named, not created.
+	if _, err := kmsctl("keyring", "init", "--keyring", path); err == nil || !strings.Contains(err.Error(), filepath.Dir(path)+" does not exist") {
+		t.Fatalf("keyring init in a missing directory = %v, want a refusal naming it", err)
+	}
+	if err := os.Mkdir(filepath.Dir(path), 0o700); err != nil {
+		t.Fatal(err)
+	}
 	out, err := kmsctl("keyring", "init", "--keyring", path)
 	if err != nil || !strings.Contains(out, ":v1") {
 		t.Fatalf("keyring init = %q, %v", out, err)

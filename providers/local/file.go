@@ -123,10 +123,12 @@ func notRegular(path string, fi fs.FileInfo) error {
 	return fmt.Errorf("keyring %s is not a regular file (mode %s); point --keyring at the keyring file itself", path, fi.Mode().Type())
 }
 
-// Create writes a new keyring to path, refusing to overwrite anything.
+// Create writes a new keyring to path, refusing to overwrite anything. The
+// directory must exist: a mistyped path fails, naming it, rather than
+// growing a new directory the plugin will never look in.
 func Create(path string, k *Keyring) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return fmt.Errorf("create keyring directory: %w", err)
+	if fi, err := os.Stat(filepath.Dir(path)); err != nil || !fi.IsDir() {
+		return fmt.Errorf("keyring directory %s does not exist: create it first (owned by the plugin's user, mode 0700), or fix --keyring", filepath.Dir(path))
 	}
 	resolved, err := realPath(path)
 	if err != nil {
