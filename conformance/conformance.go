@@ -79,12 +79,12 @@ func (o Options) withDefaults() Options {
 // Result is the outcome of one check.
 type Result struct {
 	// Name identifies the check, as listed in docs/conformance.md.
-	Name string
+	Name string `json:"name"`
 	// Passed reports whether the plugin met the check.
-	Passed bool
+	Passed bool `json:"passed"`
 	// Detail says what was seen: a summary when passed, every violation
 	// when failed.
-	Detail string
+	Detail string `json:"detail"`
 }
 
 // String is the line `kmsctl conformance` prints for r.
@@ -98,7 +98,7 @@ func (r Result) String() string {
 
 // Report is the outcome of a run.
 type Report struct {
-	Results []Result
+	Results []Result `json:"results"`
 }
 
 // Passed counts the checks that passed.

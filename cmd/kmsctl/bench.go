@@ -226,18 +226,19 @@ type benchReport struct {
 }
 
 func printBench(w io.Writer, out output, o bench.Options, results []bench.Result, c *bench.Comparison) error {
-	if out == "json" {
+	if out.structured() {
 		rep := benchReport{Op: o.Op, Concurrency: o.Concurrency, Rounds: results}
 		if c != nil {
 			rep.Baseline, rep.Ratios = c.Baseline, c.Ratios
 		}
-		return printJSON(w, rep)
+		return printData(w, out, rep)
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "op %s, concurrency %d\n", o.Op, o.Concurrency)
 	fmt.Fprintln(tw, "ROUND\tWHO\tOPS/S\tP50\tP90\tP99\tMAX\tERRORS")
 	row := func(i int, who string, r bench.Result) {
-		fmt.Fprintf(tw, "%d\t%s\t%.0f\t%v\t%v\t%v\t%v\t%d\n", i+1, who, r.OpsPerSec, r.P50, r.P90, r.P99, r.Max, r.Errors)
+		us := func(d time.Duration) time.Duration { return d.Round(time.Microsecond) }
+		fmt.Fprintf(tw, "%d\t%s\t%.0f\t%v\t%v\t%v\t%v\t%d\n", i+1, who, r.OpsPerSec, us(r.P50), us(r.P90), us(r.P99), us(r.Max), r.Errors)
 	}
 	var firstErr string
 	for i, r := range results {

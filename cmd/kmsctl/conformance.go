@@ -21,6 +21,7 @@ func newConformanceCmd() *cobra.Command {
 		endpoint string
 		opts     conformance.Options
 		total    time.Duration
+		out      output
 	)
 	cmd := &cobra.Command{
 		Use:   "conformance",
@@ -56,13 +57,17 @@ deliberately. See docs/conformance.md for every check and why it matters.`,
 			}
 			w := cmd.OutOrStdout()
 			var werr error
-			opts.OnResult = func(r conformance.Result) {
-				if _, err := fmt.Fprintln(w, r); err != nil && werr == nil {
-					werr = err
+			if !out.structured() {
+				opts.OnResult = func(r conformance.Result) {
+					if _, err := fmt.Fprintln(w, r); err != nil && werr == nil {
+						werr = err
+					}
 				}
 			}
 			rep := conformance.Run(ctx, client, opts)
-			if _, err := fmt.Fprintln(w, rep.Summary()); err != nil {
+			if out.structured() {
+				werr = printData(w, out, conformanceReport{Endpoint: endpoint, Results: rep.Results, Passed: rep.Passed(), Failed: rep.Failed()})
+			} else if _, err := fmt.Fprintln(w, rep.Summary()); err != nil {
 				return err
 			}
 			if werr != nil {
@@ -82,5 +87,14 @@ deliberately. See docs/conformance.md for every check and why it matters.`,
 	cmd.Flags().IntVar(&opts.Concurrency, "concurrency", 64, "round trips in flight at once in the concurrent check")
 	cmd.Flags().IntVar(&opts.RoundTrips, "round-trips", 8, "round trips per concurrent worker")
 	cmd.Flags().DurationVar(&total, "total-timeout", 2*time.Minute, "give up on the whole run after this long; 0 for no limit")
+	addOutputFlag(cmd, &out)
 	return cmd
+}
+
+// conformanceReport is what conformance -o json|yaml prints.
+type conformanceReport struct {
+	Endpoint string               `json:"endpoint"`
+	Results  []conformance.Result `json:"results"`
+	Passed   int                  `json:"passed"`
+	Failed   int                  `json:"failed"`
 }

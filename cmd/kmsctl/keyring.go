@@ -15,7 +15,10 @@ import (
 )
 
 func newKeyringCmd() *cobra.Command {
-	var path string
+	var (
+		path    string
+		initOut output
+	)
 	cmd := &cobra.Command{
 		Use:   "keyring",
 		Short: "Manage a local provider keyring file",
@@ -40,99 +43,135 @@ check value, so two different keys never share a key_id.`,
 	cmd.PersistentFlags().StringVar(&path, "keyring", "", "path of the keyring file (required)")
 	_ = cmd.MarkPersistentFlagRequired("keyring")
 
-	cmd.AddCommand(
-		&cobra.Command{
-			Use:   "init",
-			Short: "Create a keyring with one primary version (mode 0600); never overwrites",
-			Args:  cobra.NoArgs,
-			RunE: func(cmd *cobra.Command, _ []string) error {
-				k, err := local.New(time.Now())
-				if err != nil {
-					return err
-				}
-				if err := local.Create(path, k); err != nil {
-					return err
-				}
-				_, err = fmt.Fprintf(cmd.OutOrStdout(), "created keyring %s with primary key %s\n", path, k.KeyID(k.Primary().Version))
+	initCmd := &cobra.Command{
+		Use:   "init",
+		Short: "Create a keyring with one primary version (mode 0600); never overwrites",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			k, err := local.New(time.Now())
+			if err != nil {
 				return err
-			},
+			}
+			if err := local.Create(path, k); err != nil {
+				return err
+			}
+			v := k.Primary()
+			return printKeyringResult(cmd, initOut, keyringResult{
+				Keyring: path, Version: v.Version, KeyID: k.KeyID(v.Version), State: v.State, Check: v.Check,
+				Message: fmt.Sprintf("created keyring %s with primary key %s", path, k.KeyID(v.Version)),
+			})
 		},
+	}
+	addOutputFlag(initCmd, &initOut)
+	cmd.AddCommand(
+		initCmd,
 		keyringChange(&path, "rotate", "Add a version and make it primary; prints the new key_id",
-			func(k *local.Keyring) (string, error) {
+			func(k *local.Keyring) (keyringResult, error) {
 				v, err := k.Rotate(time.Now())
 				if err != nil {
-					return "", err
+					return keyringResult{}, err
 				}
-				return k.KeyID(v.Version), nil
+				return resultOf(k, v.Version, k.KeyID(v.Version)), nil
 			}),
 		keyringChange(&path, "add", "Add a version that decrypts but does not encrypt yet (phase 1 of an HA rotation: on one node, then copy the file)",
-			func(k *local.Keyring) (string, error) {
+			func(k *local.Keyring) (keyringResult, error) {
 				v, err := k.Add(time.Now())
 				if err != nil {
-					return "", err
+					return keyringResult{}, err
 				}
-				return fmt.Sprintf("%s (version %d, active; copy this file to every other node, then promote it with --version %d everywhere)", k.KeyID(v.Version), v.Version, v.Version), nil
+				return resultOf(k, v.Version, fmt.Sprintf("%s (version %d, active; copy this file to every other node, then promote it with --version %d everywhere)", k.KeyID(v.Version), v.Version, v.Version)), nil
 			}),
 		keyringVersionChange(&path, "promote", "Make a version primary (phase 2 of an HA rotation)", (*local.Keyring).Promote),
 		keyringVersionChange(&path, "retire", "Retire a version: it no longer decrypts (refuses the primary)", (*local.Keyring).Retire),
 		keyringVersionChange(&path, "reactivate", "Make a retired version decrypt again (undoes retire)", (*local.Keyring).Reactivate),
 		keyringChangeWithVersion(&path, "prune", "Delete a retired version's key for good (cannot be undone)",
-			func(k *local.Keyring, v int64) (string, error) {
+			func(k *local.Keyring, v int64) (keyringResult, error) {
 				id := k.KeyID(v)
 				if err := k.Prune(v); err != nil {
-					return "", err
+					return keyringResult{}, err
 				}
-				return fmt.Sprintf("%s: version %d's key deleted (its number stays used); copies of the keyring made earlier still hold it", id, v), nil
+				return resultOf(k, v, fmt.Sprintf("%s: version %d's key deleted (its number stays used); copies of the keyring made earlier still hold it", id, v)), nil
 			}),
 		newKeyringListCmd(&path),
 	)
 	return cmd
 }
 
+// keyringResult is what a keyring command that changes the file prints:
+// the version it acted on, and a sentence for the table output.
+type keyringResult struct {
+	Keyring string             `json:"keyring"`
+	Version int64              `json:"version"`
+	KeyID   string             `json:"key_id"`
+	State   providers.KeyState `json:"state"`
+	Check   string             `json:"check,omitempty"`
+	Message string             `json:"message"`
+}
+
+// resultOf describes version v of k after a change.
+func resultOf(k *local.Keyring, v int64, msg string) keyringResult {
+	r := keyringResult{Version: v, KeyID: k.KeyID(v), Message: msg}
+	if ver := k.Find(v); ver != nil {
+		r.State, r.Check = ver.State, ver.Check
+	}
+	return r
+}
+
+func printKeyringResult(cmd *cobra.Command, out output, r keyringResult) error {
+	if out.structured() {
+		return printData(cmd.OutOrStdout(), out, r)
+	}
+	_, err := fmt.Fprintln(cmd.OutOrStdout(), r.Message)
+	return err
+}
+
 // keyringChange builds a command that applies change to the keyring file
-// and prints what change returns.
-func keyringChange(path *string, use, short string, change func(*local.Keyring) (string, error)) *cobra.Command {
-	return &cobra.Command{
+// and prints what change returns (-o for json or yaml).
+func keyringChange(path *string, use, short string, change func(*local.Keyring) (keyringResult, error)) *cobra.Command {
+	var out output
+	cmd := &cobra.Command{
 		Use:   use,
 		Short: short,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var msg string
+			var r keyringResult
 			_, err := local.Update(*path, func(k *local.Keyring) error {
 				var err error
-				msg, err = change(k)
+				r, err = change(k)
 				return err
 			})
 			if err != nil {
 				return err
 			}
-			_, err = fmt.Fprintln(cmd.OutOrStdout(), msg)
-			return err
+			r.Keyring = *path
+			return printKeyringResult(cmd, out, r)
 		},
 	}
+	addOutputFlag(cmd, &out)
+	return cmd
 }
 
 // keyringVersionChange builds a command that changes one version's state.
 func keyringVersionChange(path *string, use, short string, change func(*local.Keyring, int64) error) *cobra.Command {
-	return keyringChangeWithVersion(path, use, short, func(k *local.Keyring, v int64) (string, error) {
+	return keyringChangeWithVersion(path, use, short, func(k *local.Keyring, v int64) (keyringResult, error) {
 		if err := change(k, v); err != nil {
-			return "", err
+			return keyringResult{}, err
 		}
-		return fmt.Sprintf("%s: version %d is now %s", k.KeyID(v), v, k.Find(v).State), nil
+		return resultOf(k, v, fmt.Sprintf("%s: version %d is now %s", k.KeyID(v), v, k.Find(v).State)), nil
 	})
 }
 
 // keyringChangeWithVersion builds a command with a required --version that
 // applies change to the keyring file and prints what change returns.
-func keyringChangeWithVersion(path *string, use, short string, change func(*local.Keyring, int64) (string, error)) *cobra.Command {
+func keyringChangeWithVersion(path *string, use, short string, change func(*local.Keyring, int64) (keyringResult, error)) *cobra.Command {
 	var version int64
-	cmd := keyringChange(path, use, short, func(k *local.Keyring) (string, error) {
+	cmd := keyringChange(path, use, short, func(k *local.Keyring) (keyringResult, error) {
 		if k.Find(version) == nil {
 			var have []string
 			for _, v := range k.Versions {
 				have = append(have, strconv.FormatInt(v.Version, 10))
 			}
-			return "", fmt.Errorf("version %d does not exist (versions: %s)", version, strings.Join(have, ", "))
+			return keyringResult{}, fmt.Errorf("version %d does not exist (versions: %s)", version, strings.Join(have, ", "))
 		}
 		return change(k, version)
 	})
@@ -161,8 +200,8 @@ func newKeyringListCmd(path *string) *cobra.Command {
 
 // printKeyInfos prints key versions as a table or JSON.
 func printKeyInfos(cmd *cobra.Command, out output, infos []providers.KeyInfo) error {
-	if out == "json" {
-		return printJSON(cmd.OutOrStdout(), infos)
+	if out.structured() {
+		return printData(cmd.OutOrStdout(), out, infos)
 	}
 	return writeKeyInfos(cmd.OutOrStdout(), infos)
 }

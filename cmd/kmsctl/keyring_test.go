@@ -120,8 +120,12 @@ func TestKeyringCommands(t *testing.T) {
 			t.Errorf("keyring list printed key bytes")
 		}
 	}
-	if _, err := kmsctl("keyring", "list", "--keyring", path, "-o", "yaml"); err == nil {
-		t.Errorf("-o yaml accepted")
+	y, err := kmsctl("keyring", "list", "--keyring", path, "-o", "yaml")
+	if err != nil || !strings.Contains(y, "key_id: local:") || !strings.Contains(y, "state: pruned") {
+		t.Errorf("keyring list -o yaml = %v\n%s\nwant the JSON fields as YAML", err, y)
+	}
+	if _, err := kmsctl("keyring", "list", "--keyring", path, "-o", "xml"); err == nil {
+		t.Errorf("-o xml accepted")
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"sigs.k8s.io/yaml"
 
 	"github.com/kms-plugin/kms-plugin/kms"
 )
@@ -36,6 +37,8 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	// --version without -v: -v means --verbose wherever a command has it.
+	root.Flags().Bool("version", false, "print kmsctl's version")
 	root.AddCommand(newKeyringCmd(), newStatusCmd(), newVaultCmd(), newBenchCmd(), newConformanceCmd())
 	root.AddCommand(newVerifyCmd(), newMigrateCmd(), newRotateCmd())
 	refuseUnknownSubcommands(root)
@@ -115,12 +118,16 @@ func refuseUnknownSubcommands(cmd *cobra.Command) {
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
 }
 
-// output is the -o flag shared by commands that print data.
+// output is the -o flag shared by commands that print a result: table
+// for people, json or yaml (the same fields) for scripts.
 type output string
+
+// structured reports whether the output is for a program (json or yaml).
+func (o output) structured() bool { return o == "json" || o == "yaml" }
 
 func addOutputFlag(cmd *cobra.Command, o *output) {
 	*o = "table"
-	cmd.Flags().VarP((*outputValue)(o), "output", "o", "output format: table or json")
+	cmd.Flags().VarP((*outputValue)(o), "output", "o", "output format: table, json or yaml")
 }
 
 type outputValue output
@@ -128,11 +135,25 @@ type outputValue output
 func (v *outputValue) String() string { return string(*v) }
 func (v *outputValue) Type() string   { return "format" }
 func (v *outputValue) Set(s string) error {
-	if s != "table" && s != "json" {
-		return fmt.Errorf("want table or json, got %q", s)
+	switch s {
+	case "table", "json", "yaml":
+		*v = outputValue(s)
+		return nil
 	}
-	*v = outputValue(s)
-	return nil
+	return fmt.Errorf("want table, json or yaml, got %q", s)
+}
+
+// printData writes v as JSON or YAML, as out says.
+func printData(w io.Writer, out output, v any) error {
+	if out == "yaml" {
+		b, err := yaml.Marshal(v)
+		if err != nil {
+			return err
+		}
+		_, err = w.Write(b)
+		return err
+	}
+	return printJSON(w, v)
 }
 
 // printJSON writes v as indented JSON.

@@ -5,6 +5,10 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/kms-plugin/kms-plugin/conformance/brokenplugin"
 )
 
 // TestUnknownSubcommandFails: a mistyped subcommand is an error that names
@@ -96,5 +100,38 @@ func TestNoKubeconfig(t *testing.T) {
 	_, err := kmsctl("migrate", "--resources", "secrets")
 	if err == nil || !strings.Contains(err.Error(), "--kubeconfig") || strings.Contains(err.Error(), "KUBERNETES_MASTER") {
 		t.Errorf("migrate without a kubeconfig = %v, want advice to pass --kubeconfig", err)
+	}
+}
+
+// TestOutputFormats: commands that print a result take -o table|json|yaml,
+// with the same fields in json and yaml.
+func TestOutputFormats(t *testing.T) {
+	path := t.TempDir() + "/keyring.json"
+	for _, c := range [][]string{
+		{"keyring", "init", "--keyring", path},
+		{"keyring", "add", "--keyring", path},
+		{"keyring", "promote", "--keyring", path, "--version", "2"},
+		{"keyring", "rotate", "--keyring", path},
+		{"keyring", "retire", "--keyring", path, "--version", "1"},
+	} {
+		format := "json"
+		if c[1] == "add" || c[1] == "rotate" {
+			format = "yaml"
+		}
+		out, err := kmsctl(append(c, "-o", format)...)
+		if err != nil {
+			t.Fatalf("kmsctl %s -o %s: %v\n%s", strings.Join(c, " "), format, err, out)
+		}
+		var r keyringResult
+		if err := yaml.Unmarshal([]byte(out), &r); err != nil || r.KeyID == "" || r.Version == 0 || r.State == "" || r.Keyring != path {
+			t.Errorf("kmsctl %s -o %s = %q (%v); want keyring, version, key_id and state", strings.Join(c, " "), format, out, err)
+		}
+	}
+
+	ep := brokenplugin.Serve(t, brokenplugin.Deterministic)
+	out, err := kmsctl("conformance", "--endpoint", ep, "--concurrency", "2", "--round-trips", "2", "-o", "json")
+	var rep conformanceReport
+	if jerr := json.Unmarshal([]byte(out), &rep); jerr != nil || err == nil || rep.Failed == 0 || len(rep.Results) != rep.Passed+rep.Failed {
+		t.Errorf("conformance -o json against a broken plugin = %v, %v; want a JSON report with failures and a non-zero exit\n%s", err, jerr, out)
 	}
 }

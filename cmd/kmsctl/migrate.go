@@ -159,8 +159,8 @@ summary to stdout. Check the result with kmsctl verify.`,
 }
 
 func printMigrateResults(w io.Writer, results []rewrite.Result, out output) error {
-	if out == "json" {
-		return printJSON(w, results)
+	if out.structured() {
+		return printData(w, out, results)
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "RESOURCE\tLISTED\tREWRITTEN\tUNCHANGED\tDELETED\tCONFLICTS\tFAILED\tELAPSED\tOBJECTS/S")

@@ -34,6 +34,7 @@ func newRotateCmd() *cobra.Command {
 		proc       rotation.Procedure
 		stopAfter  string
 		dryRun     bool
+		out        output
 	)
 	cmd := &cobra.Command{
 		Use:   "rotate",
@@ -73,6 +74,19 @@ again. --dry-run prints the plan and changes nothing.`,
 				return err
 			}
 			proc.Out = cmd.OutOrStdout()
+			if out.structured() {
+				if dryRun {
+					return errors.New("--dry-run prints a plan for people: drop -o")
+				}
+				// Progress to stderr; stdout gets the state, as a program
+				// reads it, however the run ends.
+				proc.Out = cmd.ErrOrStderr()
+				defer func() {
+					if s, ok, err := rotation.LoadState(proc.StateDir); err == nil && ok {
+						_ = printData(cmd.OutOrStdout(), out, s)
+					}
+				}()
+			}
 			proc.Endpoints = endpoints
 			proc.PluginStatus = pluginStatus
 			proc.PluginLoaded = pluginLoaded
@@ -170,6 +184,7 @@ again. --dry-run prints the plan and changes nothing.`,
 	f.StringVar(&proc.StateDir, "state-dir", "kmsctl-rotate-state", "where the rotation keeps its state and migrate checkpoints")
 	f.BoolVar(&proc.Retire, "retire", false, "retire the old versions once verify passed")
 	f.BoolVar(&dryRun, "dry-run", false, "print the plan and change nothing")
+	addOutputFlag(cmd, &out)
 	f.StringVar(&stopAfter, "stop-after", "", "stop after this step (add-key, promote-key, wait-plugins, wait-apiservers, migrate, verify)")
 	f.DurationVar(&proc.ReloadGrace, "reload-grace", 0, "local: least wait between add and promote; promote always waits (up to --plugin-timeout) until every plugin reports it has loaded the new key")
 	f.DurationVar(&proc.PluginTimeout, "plugin-timeout", 2*time.Minute, "how long to wait for the plugins (Vault: longer than --vault-refresh-interval)")

@@ -102,8 +102,8 @@ Exits non-zero when the call fails or the plugin does not report healthz
 			// With -o json a failure is a JSON object too, so that a
 			// script reading stdout always gets one.
 			fail := func(err error) error {
-				if out == "json" {
-					_ = printJSON(cmd.OutOrStdout(), statusError{Endpoint: endpoint, Error: err.Error()})
+				if out.structured() {
+					_ = printData(cmd.OutOrStdout(), out, statusError{Endpoint: endpoint, Error: err.Error()})
 				}
 				return err
 			}
@@ -125,8 +125,8 @@ Exits non-zero when the call fails or the plugin does not report healthz
 			if res.Loaded, err = getLoaded(ctx, conn); err != nil {
 				return fail(fmt.Errorf("admin API of %s: %s", endpoint, status.Convert(err).Message()))
 			}
-			if out == "json" {
-				err = printJSON(cmd.OutOrStdout(), res)
+			if out.structured() {
+				err = printData(cmd.OutOrStdout(), out, res)
 			} else {
 				err = printStatus(cmd.OutOrStdout(), res)
 			}

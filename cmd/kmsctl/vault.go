@@ -37,25 +37,28 @@ A running plugin picks up a rotation or retirement within its
 		_ = cmd.PersistentFlags().MarkHidden(name) // plugin-only tuning
 	}
 
-	cmd.AddCommand(
-		&cobra.Command{
-			Use:   "rotate",
-			Short: "Add a transit key version; it becomes the plugins' current key_id",
-			Args:  cobra.NoArgs,
-			RunE: func(cmd *cobra.Command, _ []string) error {
-				p, err := openVault(cmd, cfg)
-				if err != nil {
-					return err
-				}
-				defer p.Close()
-				k, err := p.Rotate(cmd.Context())
-				if err != nil {
-					return err
-				}
-				_, err = fmt.Fprintf(cmd.OutOrStdout(), "rotated %s/%s: new key_id %s\n", cfg.Mount, cfg.Key, k.ID)
+	var rotateOut output
+	rotate := &cobra.Command{
+		Use:   "rotate",
+		Short: "Add a transit key version; it becomes the plugins' current key_id",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			p, err := openVault(cmd, cfg)
+			if err != nil {
 				return err
-			},
+			}
+			defer p.Close()
+			k, err := p.Rotate(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return printVaultResult(cmd, rotateOut, vaultResult{Key: cfg.Mount + "/" + cfg.Key, KeyID: k.ID,
+				Message: fmt.Sprintf("rotated %s/%s: new key_id %s", cfg.Mount, cfg.Key, k.ID)})
 		},
+	}
+	addOutputFlag(rotate, &rotateOut)
+	cmd.AddCommand(
+		rotate,
 		newVaultKeysCmd(&cfg),
 		newVaultRetireCmd(&cfg),
 		newVaultPolicyCmd(&cfg),
@@ -79,8 +82,8 @@ func newVaultKeysCmd(cfg *vault.Config) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if out == "json" {
-				return printJSON(cmd.OutOrStdout(), st)
+			if out.structured() {
+				return printData(cmd.OutOrStdout(), out, st)
 			}
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "key %s/%s (%s): latest version %d, min_decryption_version %d\n\n",
@@ -103,7 +106,10 @@ func newVaultKeysCmd(cfg *vault.Config) *cobra.Command {
 }
 
 func newVaultRetireCmd(cfg *vault.Config) *cobra.Command {
-	var below int64
+	var (
+		below int64
+		out   output
+	)
 	cmd := &cobra.Command{
 		Use:   "retire --below N",
 		Short: "Set min_decryption_version to N: versions below N stop decrypting (refuses to retire the latest)",
@@ -123,10 +129,11 @@ latest version.`,
 			if err := p.RetireBelow(cmd.Context(), below); err != nil {
 				return err
 			}
-			_, err = fmt.Fprintf(cmd.OutOrStdout(), "%s/%s: versions below %d are retired (min_decryption_version %d)\n", cfg.Mount, cfg.Key, below, below)
-			return err
+			return printVaultResult(cmd, out, vaultResult{Key: cfg.Mount + "/" + cfg.Key, MinDecryptionVersion: below,
+				Message: fmt.Sprintf("%s/%s: versions below %d are retired (min_decryption_version %d)", cfg.Mount, cfg.Key, below, below)})
 		},
 	}
+	addOutputFlag(cmd, &out)
 	cmd.Flags().Int64Var(&below, "below", 0, "lowest version that still decrypts (required)")
 	_ = cmd.MarkFlagRequired("below")
 	return cmd
@@ -178,4 +185,20 @@ func openVault(cmd *cobra.Command, cfg vault.Config) (*vault.Provider, error) {
 func fileExists(path string) bool {
 	st, err := os.Stat(path)
 	return err == nil && st.Mode().IsRegular()
+}
+
+// vaultResult is what vault rotate and retire print with -o json|yaml.
+type vaultResult struct {
+	Key                  string `json:"key"`
+	KeyID                string `json:"key_id,omitempty"`
+	MinDecryptionVersion int64  `json:"min_decryption_version,omitempty"`
+	Message              string `json:"message"`
+}
+
+func printVaultResult(cmd *cobra.Command, out output, r vaultResult) error {
+	if out.structured() {
+		return printData(cmd.OutOrStdout(), out, r)
+	}
+	_, err := fmt.Fprintln(cmd.OutOrStdout(), r.Message)
+	return err
 }

@@ -201,7 +201,9 @@ func runVerify(ctx context.Context, kv audit.KV, stdout, stderr io.Writer, opts 
 		last = scanned
 	}
 	first := true
-	if out == "json" {
+	var objects []audit.Object // for yaml, which cannot stream
+	switch out {
+	case "json":
 		fmt.Fprint(stdout, `{"objects":[`)
 		opts.Each = func(o audit.Object) error {
 			b, err := json.Marshal(o)
@@ -216,13 +218,17 @@ func runVerify(ctx context.Context, kv audit.KV, stdout, stderr io.Writer, opts 
 			return err
 		}
 		opts.MaxOffenders = -1 // every offender is in "objects" already
+	case "yaml":
+		opts.Each = func(o audit.Object) error { objects = append(objects, o); return nil }
+		opts.MaxOffenders = -1
 	}
 	rep, err := audit.Scan(ctx, kv, opts)
 	meter.Done()
 	if err != nil {
 		return err
 	}
-	if out == "json" {
+	switch out {
+	case "json":
 		rep.Offenders = nil
 		tail, err := json.MarshalIndent(rep, "", "  ")
 		if err != nil {
@@ -230,7 +236,12 @@ func runVerify(ctx context.Context, kv audit.KV, stdout, stderr io.Writer, opts 
 		}
 		// Splice the report's fields after "objects".
 		fmt.Fprintf(stdout, "\n],%s\n", strings.TrimPrefix(string(tail), "{"))
-	} else {
+	case "yaml":
+		rep.Offenders = nil
+		if err := printData(stdout, out, verifyYAML{Objects: objects, Report: rep}); err != nil {
+			return err
+		}
+	default:
 		printVerifyTable(stdout, rep, opts.Expect)
 	}
 	if err := rep.Err(); err != nil {
@@ -244,6 +255,13 @@ func runVerify(ctx context.Context, kv audit.KV, stdout, stderr io.Writer, opts 
 		}
 	}
 	return nil
+}
+
+// verifyYAML is verify -o yaml: the objects, then the report's fields, as
+// -o json streams them.
+type verifyYAML struct {
+	Objects []audit.Object `json:"objects"`
+	audit.Report
 }
 
 // emptyResources lists the resources of which the scan found no object.
