@@ -103,7 +103,10 @@ func Launch(t testing.TB, endpoint string, args ...string) (*Plugin, error) {
 	cmd := exec.Command(bin, args...)
 	pr, pw := io.Pipe()
 	p := &Plugin{Endpoint: endpoint, Logs: &Buffer{}, cmd: cmd, exited: make(chan struct{})}
-	cmd.Stderr = io.MultiWriter(pw, p.Logs)
+	// Logs first: the reader of pw declares the plugin ready when it sees
+	// "serving KMS v2", and a test may then read Logs at once; a chunk
+	// written to pw first would not be in Logs yet.
+	cmd.Stderr = io.MultiWriter(p.Logs, pw)
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start kms-plugin: %w", err)
 	}
