@@ -68,8 +68,7 @@ const (
 )
 
 var (
-	idPattern    = regexp.MustCompile(`^[0-9a-f]{16}$`)
-	checkPattern = regexp.MustCompile(`^[0-9a-f]{16}$`)
+	idPattern = regexp.MustCompile(`^[0-9a-f]{16}$`)
 )
 
 // Keyring is a set of versioned 256-bit key-encryption keys.
@@ -142,6 +141,20 @@ func keyIDOf(ring string, v int64, check string, legacy bool) string {
 	return id + ":" + check
 }
 
+// isCheck reports whether s has a check value's form: 16 lowercase hex
+// digits. A loop, not a regexp: parseKeyID runs on every Decrypt.
+func isCheck(s string) bool {
+	if len(s) != checkHexDigits {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
 // keyIDParts is a key_id split by parseKeyID.
 type keyIDParts struct {
 	ring  string
@@ -160,7 +173,7 @@ func parseKeyID(s string) (keyIDParts, bool) {
 		return keyIDParts{}, false
 	}
 	vs, check, hasCheck := strings.Cut(vs, ":")
-	if hasCheck && !checkPattern.MatchString(check) {
+	if hasCheck && !isCheck(check) {
 		return keyIDParts{}, false
 	}
 	v, err := strconv.ParseInt(vs, 10, 64)
@@ -403,7 +416,7 @@ func (k *Keyring) Validate() error {
 		if v.State != providers.StatePruned && len(v.Key) != keySize {
 			return fmt.Errorf("version %d: key is %d bytes, want %d", v.Version, len(v.Key), keySize)
 		}
-		if !checkPattern.MatchString(v.Check) {
+		if !isCheck(v.Check) {
 			return fmt.Errorf("version %d: check must be 16 lowercase hex digits", v.Version)
 		}
 		if v.State != providers.StatePruned && CheckValue(v.Key) != v.Check {
