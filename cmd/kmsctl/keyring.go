@@ -56,7 +56,7 @@ check value, so two different keys never share a key_id.`,
 				return err
 			}
 			v := k.Primary()
-			return printKeyringResult(cmd, initOut, keyringResult{
+			return printResult(cmd, initOut, keyringResult{
 				Keyring: path, Version: v.Version, KeyID: k.KeyID(v.Version), State: v.State, Check: v.Check,
 				Message: fmt.Sprintf("created keyring %s with primary key %s", path, k.KeyID(v.Version)),
 			})
@@ -108,6 +108,8 @@ type keyringResult struct {
 	Message string             `json:"message"`
 }
 
+func (r keyringResult) sentence() string { return r.Message }
+
 // resultOf describes version v of k after a change.
 func resultOf(k *local.Keyring, v int64, msg string) keyringResult {
 	r := keyringResult{Version: v, KeyID: k.KeyID(v), Message: msg}
@@ -115,14 +117,6 @@ func resultOf(k *local.Keyring, v int64, msg string) keyringResult {
 		r.State, r.Check = ver.State, ver.Check
 	}
 	return r
-}
-
-func printKeyringResult(cmd *cobra.Command, out output, r keyringResult) error {
-	if out.structured() {
-		return printData(cmd.OutOrStdout(), out, r)
-	}
-	_, err := fmt.Fprintln(cmd.OutOrStdout(), r.Message)
-	return err
 }
 
 // keyringChange builds a command that applies change to the keyring file
@@ -144,7 +138,7 @@ func keyringChange(path *string, use, short string, change func(*local.Keyring) 
 				return err
 			}
 			r.Keyring = *path
-			return printKeyringResult(cmd, out, r)
+			return printResult(cmd, out, r)
 		},
 	}
 	addOutputFlag(cmd, &out)

@@ -143,6 +143,19 @@ func (v *outputValue) Set(s string) error {
 	return fmt.Errorf("want table, json or yaml, got %q", s)
 }
 
+// result is what a command that changes something prints: a sentence
+// for a person, or the whole value as JSON or YAML.
+type result interface{ sentence() string }
+
+// printResult prints r as out says.
+func printResult(cmd *cobra.Command, out output, r result) error {
+	if out.structured() {
+		return printData(cmd.OutOrStdout(), out, r)
+	}
+	_, err := fmt.Fprintln(cmd.OutOrStdout(), r.sentence())
+	return err
+}
+
 // printData writes v as JSON or YAML, as out says.
 func printData(w io.Writer, out output, v any) error {
 	if out == "yaml" {

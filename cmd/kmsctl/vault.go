@@ -52,7 +52,7 @@ A running plugin picks up a rotation or retirement within its
 			if err != nil {
 				return err
 			}
-			return printVaultResult(cmd, rotateOut, vaultResult{Key: cfg.Mount + "/" + cfg.Key, KeyID: k.ID,
+			return printResult(cmd, rotateOut, vaultResult{Key: cfg.Mount + "/" + cfg.Key, KeyID: k.ID,
 				Message: fmt.Sprintf("rotated %s/%s: new key_id %s", cfg.Mount, cfg.Key, k.ID)})
 		},
 	}
@@ -129,7 +129,7 @@ latest version.`,
 			if err := p.RetireBelow(cmd.Context(), below); err != nil {
 				return err
 			}
-			return printVaultResult(cmd, out, vaultResult{Key: cfg.Mount + "/" + cfg.Key, MinDecryptionVersion: below,
+			return printResult(cmd, out, vaultResult{Key: cfg.Mount + "/" + cfg.Key, MinDecryptionVersion: below,
 				Message: fmt.Sprintf("%s/%s: versions below %d are retired (min_decryption_version %d)", cfg.Mount, cfg.Key, below, below)})
 		},
 	}
@@ -195,10 +195,4 @@ type vaultResult struct {
 	Message              string `json:"message"`
 }
 
-func printVaultResult(cmd *cobra.Command, out output, r vaultResult) error {
-	if out.structured() {
-		return printData(cmd.OutOrStdout(), out, r)
-	}
-	_, err := fmt.Fprintln(cmd.OutOrStdout(), r.Message)
-	return err
-}
+func (r vaultResult) sentence() string { return r.Message }
