@@ -8,10 +8,12 @@ package bench
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	kmsapi "k8s.io/kms/apis/v2"
@@ -46,6 +48,10 @@ type Options struct {
 	PlaintextSize int
 	// Timeout bounds each call, like kube-apiserver's per-call timeout.
 	Timeout time.Duration
+	// PID, when not 0, is the process serving the calls (on this host):
+	// the run reads its CPU time before and after the measured calls and
+	// reports CPU per 1000 calls.
+	PID int
 }
 
 // Validate checks the options.
@@ -77,6 +83,9 @@ type Result struct {
 	P90        time.Duration `json:"p90_ns"`
 	P99        time.Duration `json:"p99_ns"`
 	Max        time.Duration `json:"max_ns"`
+	// CPUMsPer1000 is the serving process's CPU time, in milliseconds, per
+	// 1000 calls; 0 when Options.PID was not set.
+	CPUMsPer1000 float64 `json:"cpu_ms_per_1000,omitempty"`
 }
 
 // Run warms up, then measures client for o.Duration with o.Concurrency
@@ -89,10 +98,29 @@ func Run(ctx context.Context, client kmsapi.KeyManagementServiceClient, o Option
 	if err != nil {
 		return Result{}, err
 	}
+	return measure(ctx, call, o)
+}
+
+// measure warms up, then drives call for o.Duration, sampling o.PID's CPU
+// time around the measured calls.
+func measure(ctx context.Context, call func(context.Context) error, o Options) (Result, error) {
 	if o.Warmup > 0 {
 		drive(ctx, call, o.Concurrency, o.Warmup, o.Timeout)
 	}
-	return drive(ctx, call, o.Concurrency, o.Duration, o.Timeout), nil
+	if o.PID == 0 {
+		return drive(ctx, call, o.Concurrency, o.Duration, o.Timeout), nil
+	}
+	before, err := SampleProc(o.PID)
+	if err != nil {
+		return Result{}, err
+	}
+	r := drive(ctx, call, o.Concurrency, o.Duration, o.Timeout)
+	after, err := SampleProc(o.PID)
+	if err != nil {
+		return Result{}, err
+	}
+	r.CPUMsPer1000 = CPUPer1000(before, after, float64(r.Ops))
+	return r, nil
 }
 
 // RunFunc warms up, then measures call for o.Duration with o.Concurrency
@@ -104,41 +132,50 @@ func RunFunc(ctx context.Context, call func(context.Context) error, o Options) (
 	if err := o.Validate(); err != nil {
 		return Result{}, err
 	}
-	if o.Warmup > 0 {
-		drive(ctx, call, o.Concurrency, o.Warmup, o.Timeout)
-	}
-	return drive(ctx, call, o.Concurrency, o.Duration, o.Timeout), nil
+	return measure(ctx, call, o)
 }
 
-// newCall prepares the request that every call of o.Op sends.
+// newCall prepares what every call of o.Op sends. Calls in flight carry
+// distinct inputs: each Encrypt a plaintext of its own, each Decrypt a
+// ciphertext of its own, because identical Decrypts may be coalesced by a
+// plugin and would then measure the coalescing rather than the backend.
 func newCall(ctx context.Context, client kmsapi.KeyManagementServiceClient, o Options) (func(context.Context) error, error) {
-	pt := bytes.Repeat([]byte{0x5a}, o.PlaintextSize)
+	pts := distinctPlaintexts(inputPool(o.Concurrency), o.PlaintextSize)
+	var next atomic.Uint64
+	pick := func() int { return int(next.Add(1) % uint64(len(pts))) }
 	switch o.Op {
 	case OpStatus:
 		req := &kmsapi.StatusRequest{}
 		return func(ctx context.Context) error { _, err := client.Status(ctx, req); return err }, nil
 	case OpEncrypt:
-		req := &kmsapi.EncryptRequest{Plaintext: pt, Uid: "kmsctl-bench"}
-		return func(ctx context.Context) error { _, err := client.Encrypt(ctx, req); return err }, nil
-	case OpDecrypt:
-		cctx, cancel := context.WithTimeout(ctx, o.Timeout)
-		defer cancel()
-		enc, err := client.Encrypt(cctx, &kmsapi.EncryptRequest{Plaintext: pt, Uid: "kmsctl-bench"})
-		if err != nil {
-			return nil, fmt.Errorf("prepare a ciphertext to decrypt: %w", err)
+		reqs := make([]*kmsapi.EncryptRequest, len(pts))
+		for i, pt := range pts {
+			reqs[i] = &kmsapi.EncryptRequest{Plaintext: pt, Uid: "kmsctl-bench"}
 		}
-		req := &kmsapi.DecryptRequest{Ciphertext: enc.Ciphertext, KeyId: enc.KeyId, Annotations: enc.Annotations, Uid: "kmsctl-bench"}
+		return func(ctx context.Context) error { _, err := client.Encrypt(ctx, reqs[pick()]); return err }, nil
+	case OpDecrypt:
+		reqs := make([]*kmsapi.DecryptRequest, len(pts))
+		for i, pt := range pts {
+			cctx, cancel := context.WithTimeout(ctx, o.Timeout)
+			enc, err := client.Encrypt(cctx, &kmsapi.EncryptRequest{Plaintext: pt, Uid: "kmsctl-bench"})
+			cancel()
+			if err != nil {
+				return nil, fmt.Errorf("prepare %d distinct ciphertexts to decrypt: %w", len(pts), err)
+			}
+			reqs[i] = &kmsapi.DecryptRequest{Ciphertext: enc.Ciphertext, KeyId: enc.KeyId, Annotations: enc.Annotations, Uid: "kmsctl-bench"}
+		}
 		return func(ctx context.Context) error {
-			resp, err := client.Decrypt(ctx, req)
-			if err == nil && !bytes.Equal(resp.Plaintext, pt) {
+			i := pick()
+			resp, err := client.Decrypt(ctx, reqs[i])
+			if err == nil && !bytes.Equal(resp.Plaintext, pts[i]) {
 				return errors.New("decrypt returned the wrong plaintext")
 			}
 			return err
 		}, nil
 	default: // OpRoundTrip
-		req := &kmsapi.EncryptRequest{Plaintext: pt, Uid: "kmsctl-bench"}
 		return func(ctx context.Context) error {
-			enc, err := client.Encrypt(ctx, req)
+			pt := pts[pick()]
+			enc, err := client.Encrypt(ctx, &kmsapi.EncryptRequest{Plaintext: pt, Uid: "kmsctl-bench"})
 			if err != nil {
 				return err
 			}
@@ -149,6 +186,25 @@ func newCall(ctx context.Context, client kmsapi.KeyManagementServiceClient, o Op
 			return err
 		}, nil
 	}
+}
+
+// inputPool is how many distinct inputs a run cycles through: four per
+// caller, at least 64, so that no two calls in flight share one.
+func inputPool(concurrency int) int { return max(64, 4*concurrency) }
+
+// distinctPlaintexts returns n plaintexts of size bytes that differ from
+// one another as long as size bytes can count to n: each starts with a
+// big-endian counter.
+func distinctPlaintexts(n, size int) [][]byte {
+	out := make([][]byte, n)
+	for i := range out {
+		pt := bytes.Repeat([]byte{0x5a}, size)
+		var c [8]byte
+		binary.BigEndian.PutUint64(c[:], uint64(i))
+		copy(pt, c[8-min(size, 8):])
+		out[i] = pt
+	}
+	return out
 }
 
 // drive runs call from workers goroutines for d and summarises the calls.

@@ -2,11 +2,18 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -78,6 +85,127 @@ func TestRunReportsErrors(t *testing.T) {
 	}
 	if r.Errors != r.Ops || !strings.Contains(r.FirstError, "wrong plaintext") {
 		t.Errorf("Run(roundtrip) with wrong plaintext = %+v, want errors", r)
+	}
+}
+
+// inFlightRecorder is a no-op server that notes any input that arrives
+// while an identical one is still being served.
+type inFlightRecorder struct {
+	NoopServer
+	mu       sync.Mutex
+	inFlight map[string]int
+	shared   int
+	seen     map[string]bool
+}
+
+func (r *inFlightRecorder) hold(in []byte) func() {
+	r.mu.Lock()
+	k := string(in)
+	if r.inFlight[k] > 0 {
+		r.shared++
+	}
+	r.inFlight[k]++
+	r.seen[k] = true
+	r.mu.Unlock()
+	time.Sleep(time.Millisecond) // long enough for the callers to overlap
+	return func() { r.mu.Lock(); r.inFlight[k]--; r.mu.Unlock() }
+}
+
+func (r *inFlightRecorder) Encrypt(ctx context.Context, req *kmsapi.EncryptRequest) (*kmsapi.EncryptResponse, error) {
+	defer r.hold(req.Plaintext)()
+	return r.NoopServer.Encrypt(ctx, req)
+}
+
+func (r *inFlightRecorder) Decrypt(ctx context.Context, req *kmsapi.DecryptRequest) (*kmsapi.DecryptResponse, error) {
+	defer r.hold(req.Ciphertext)()
+	return r.NoopServer.Decrypt(ctx, req)
+}
+
+func TestCallsInFlightCarryDistinctInputs(t *testing.T) {
+	for _, op := range []Op{OpEncrypt, OpDecrypt} {
+		rec := &inFlightRecorder{inFlight: map[string]int{}, seen: map[string]bool{}}
+		o := opts(op)
+		o.Concurrency = 16
+		r, err := Run(context.Background(), serve(t, rec), o)
+		if err != nil || r.Errors > 0 {
+			t.Fatalf("Run(%s) = %+v, %v", op, r, err)
+		}
+		if rec.shared > 0 {
+			t.Errorf("%s: %d calls arrived while an identical one was in flight; a coalescing plugin would skip them", op, rec.shared)
+		}
+		if len(rec.seen) < 16 {
+			t.Errorf("%s: only %d distinct inputs for 16 callers", op, len(rec.seen))
+		}
+	}
+}
+
+func TestRunReportsTheServersCPU(t *testing.T) {
+	o := opts(OpEncrypt)
+	o.PID = os.Getpid() // the server runs in this process
+	r, err := Run(context.Background(), serve(t, NoopServer{}), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.CPUMsPer1000 <= 0 {
+		t.Errorf("CPU per 1000 calls = %v, want the process's CPU time", r.CPUMsPer1000)
+	}
+	o.PID = 1 << 30 // no such process
+	if _, err := Run(context.Background(), serve(t, NoopServer{}), o); err == nil {
+		t.Error("Run sampled a process that does not exist")
+	}
+}
+
+func TestSampleProcRefusesGarbage(t *testing.T) {
+	if _, err := SampleProc(-1); err == nil {
+		t.Error("SampleProc(-1) succeeded")
+	}
+	s, err := SampleProc(os.Getpid())
+	if err != nil || s.RSSKB <= 0 || s.PeakKB < s.RSSKB {
+		t.Errorf("SampleProc(self) = %+v, %v", s, err)
+	}
+}
+
+func TestTransitFloorIsOneRawTransitCall(t *testing.T) {
+	var calls atomic.Int64
+	var token atomic.Value
+	vault := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		token.Store(r.Header.Get("X-Vault-Token"))
+		var in map[string]string
+		_ = json.NewDecoder(r.Body).Decode(&in)
+		switch r.URL.Path {
+		case "/v1/transit/encrypt/kms":
+			fmt.Fprintf(w, `{"data":{"ciphertext":"vault:v1:%s"}}`, in["plaintext"])
+		case "/v1/transit/decrypt/kms":
+			fmt.Fprintf(w, `{"data":{"plaintext":%q}}`, strings.TrimPrefix(in["ciphertext"], "vault:v1:"))
+		default:
+			w.WriteHeader(http.StatusNotFound)
+		}
+	}))
+	t.Cleanup(vault.Close)
+	f, err := NewTransitFloor(nil, vault.URL, "transit", "kms", "hvs.floor")
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := serve(t, f)
+	for _, op := range []Op{OpRoundTrip, OpDecrypt} {
+		r, err := Run(context.Background(), client, opts(op))
+		if err != nil || r.Errors > 0 || r.Ops == 0 {
+			t.Fatalf("Run(%s) through the floor = %+v, %v", op, r, err)
+		}
+	}
+	if token.Load() != "hvs.floor" {
+		t.Errorf("token %q", token.Load())
+	}
+	before := calls.Load()
+	if _, err := client.Encrypt(context.Background(), &kmsapi.EncryptRequest{Plaintext: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	if n := calls.Load() - before; n != 1 {
+		t.Errorf("one Encrypt made %d transit calls", n)
+	}
+	if _, err := NewTransitFloor(nil, "vault:8200", "transit", "kms", "t"); err == nil {
+		t.Error("NewTransitFloor accepted an address that is not a URL")
 	}
 }
 

@@ -18,7 +18,7 @@ type Ratio struct {
 type Comparison struct {
 	Target   []Result         `json:"target"`
 	Baseline []Result         `json:"baseline"`
-	Ratios   map[string]Ratio `json:"ratios"` // ops_per_sec, p50, p90, p99, max
+	Ratios   map[string]Ratio `json:"ratios"` // ops_per_sec, p50, p90, p99, max, and cpu_per_1000 when both sides were sampled
 }
 
 // Compare runs target and baseline in alternating rounds (baseline first in
@@ -53,6 +53,9 @@ func Compare(rounds int, target, baseline func() (Result, error)) (Comparison, e
 		"p90":         func(r Result) float64 { return seconds(r.P90) },
 		"p99":         func(r Result) float64 { return seconds(r.P99) },
 		"max":         func(r Result) float64 { return seconds(r.Max) },
+	}
+	if c.Target[0].CPUMsPer1000 > 0 && c.Baseline[0].CPUMsPer1000 > 0 {
+		figures["cpu_per_1000"] = func(r Result) float64 { return r.CPUMsPer1000 }
 	}
 	c.Ratios = make(map[string]Ratio, len(figures))
 	for name, f := range figures {

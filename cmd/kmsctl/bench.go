@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
 	kmsapi "k8s.io/kms/apis/v2"
 
 	"github.com/kms-plugin/kms-plugin/bench"
@@ -26,22 +25,39 @@ func newBenchCmd() *cobra.Command {
 		op       string
 		o        bench.Options
 		baseline bool
+		floor    string
+		pid      int
 		rounds   int
 		out      output
+		tf       transitFloorFlags
 
 		maxErrorRate float64
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
-		Short: "Load-test any KMS v2 plugin, optionally against a no-op floor measured in the same run",
+		Short: "Load-test any KMS v2 plugin, optionally against a floor measured in the same run",
 		Long: `Drive a KMS v2 plugin with one operation at a fixed concurrency and report
 ops/s and p50/p90/p99/max latency, with errors and the first error's text.
+Calls in flight carry distinct inputs: every Decrypt in flight has a
+ciphertext of its own, so a plugin that coalesces identical calls gains
+nothing from it.
 
-With --baseline, kmsctl also starts a no-op KMS v2 server as a separate
-process on a temporary socket, measures it in alternating rounds with the
-plugin, and prints every figure as a ratio to that floor (the median of the
-rounds, with min and max). Ratios, not absolute times, are what compare
-across machines.`,
+On a unix socket kmsctl also finds the plugin's process (from the socket's
+peer credentials, or --pid) and reports its CPU time per 1000 calls.
+
+With --baseline, kmsctl also starts a floor as a separate process on a
+temporary socket, measures it in alternating rounds with the plugin, and
+prints every figure as a ratio to it (the median of the rounds, with min
+and max). Ratios, not absolute times, are what compare across machines.
+The floor is a KMS v2 server over the same gRPC stack that does:
+
+  --floor noop      nothing (Encrypt returns the plaintext); the floor of
+                    any plugin
+  --floor transit   one raw Vault transit call per request with net/http,
+                    no SDK and no checks; the floor of any plugin that wraps
+                    DEKs with Vault transit. It needs --vault-addr,
+                    --vault-key and a token (VAULT_TOKEN or
+                    --vault-token-file) that may use the key.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var err error
@@ -50,6 +66,13 @@ across machines.`,
 			}
 			if err := o.Validate(); err != nil {
 				return err
+			}
+			var floorArgs []string
+			var floorEnv []string
+			if baseline {
+				if floorArgs, floorEnv, err = tf.childArgs(floor); err != nil {
+					return flagError(err)
+				}
 			}
 			ctx := cmd.Context()
 			target, closeTarget, err := dialBench(endpoint)
@@ -60,13 +83,17 @@ across machines.`,
 			if err := reachPlugin(ctx, target, endpoint, o.Timeout); err != nil {
 				return err
 			}
-			measure := func(c kmsapi.KeyManagementServiceClient) func() (bench.Result, error) {
+			targetOpts := o
+			if targetOpts.PID, err = benchPID(endpoint, pid); err != nil {
+				return err
+			}
+			measure := func(c kmsapi.KeyManagementServiceClient, o bench.Options) func() (bench.Result, error) {
 				return func() (bench.Result, error) { return bench.Run(ctx, c, o) }
 			}
 			if !baseline {
 				var results []bench.Result
 				for range rounds {
-					r, err := measure(target)()
+					r, err := measure(target, targetOpts)()
 					if err != nil {
 						return err
 					}
@@ -77,12 +104,16 @@ across machines.`,
 				}
 				return checkErrors(results, maxErrorRate)
 			}
-			floor, stop, err := startNoopServer(ctx, cmd.ErrOrStderr())
+			floorClient, floorPID, stop, err := startFloor(ctx, cmd.ErrOrStderr(), floorArgs, floorEnv)
 			if err != nil {
 				return err
 			}
 			defer stop()
-			c, err := bench.Compare(rounds, measure(target), measure(floor))
+			floorOpts := o
+			if targetOpts.PID != 0 {
+				floorOpts.PID = floorPID
+			}
+			c, err := bench.Compare(rounds, measure(target, targetOpts), measure(floorClient, floorOpts))
 			if err != nil {
 				return err
 			}
@@ -100,11 +131,14 @@ across machines.`,
 	f.DurationVar(&o.Warmup, "warmup", time.Second, "unmeasured warm-up before each round")
 	f.IntVar(&o.PlaintextSize, "plaintext-size", 32, "plaintext bytes per Encrypt (kube-apiserver sends 32)")
 	f.DurationVar(&o.Timeout, "timeout", 3*time.Second, "per-call timeout (kube-apiserver's default)")
-	f.BoolVar(&baseline, "baseline", false, "measure a no-op KMS v2 server in the same run and print ratios to it")
+	f.BoolVar(&baseline, "baseline", false, "measure a floor (--floor) in the same run and print ratios to it")
+	f.StringVar(&floor, "floor", "noop", "the floor for --baseline: noop, or transit (one raw Vault transit call per request)")
+	f.IntVar(&pid, "pid", 0, "process whose CPU time to report (default: the socket's server, when this host can see it; -1: none)")
+	tf.register(f)
 	f.IntVar(&rounds, "rounds", 3, "rounds to run (alternating with the baseline)")
 	f.Float64Var(&maxErrorRate, "max-error-rate", 0, "fail if more than this fraction of the plugin's calls failed (0: any failed call fails the run)")
 	addOutputFlag(cmd, &out)
-	cmd.AddCommand(newNoopServerCmd())
+	cmd.AddCommand(newNoopServerCmd(), newTransitFloorCmd())
 	return cmd
 }
 
@@ -116,23 +150,25 @@ func dialBench(endpoint string) (kmsapi.KeyManagementServiceClient, func(), erro
 	return client, func() { _ = conn.Close() }, nil
 }
 
-// startNoopServer runs `kmsctl bench noop-server` as a child process on a
-// socket in a new temporary directory and waits until it answers Status.
-func startNoopServer(ctx context.Context, stderr io.Writer) (kmsapi.KeyManagementServiceClient, func(), error) {
+// startFloor runs `kmsctl bench <floorArgs> --listen <socket>` as a child
+// process on a socket in a new temporary directory and waits until it
+// answers Status. env adds to the child's environment.
+func startFloor(ctx context.Context, stderr io.Writer, floorArgs, env []string) (kmsapi.KeyManagementServiceClient, int, func(), error) {
 	self, err := os.Executable()
 	if err != nil {
-		return nil, nil, fmt.Errorf("find kmsctl's own binary: %w", err)
+		return nil, 0, nil, fmt.Errorf("find kmsctl's own binary: %w", err)
 	}
 	dir, err := os.MkdirTemp("", "kmsctl-bench-")
 	if err != nil {
-		return nil, nil, err
+		return nil, 0, nil, err
 	}
-	endpoint := "unix://" + filepath.Join(dir, "noop.sock")
-	child := exec.Command(self, "bench", "noop-server", "--listen", endpoint)
+	endpoint := "unix://" + filepath.Join(dir, "floor.sock")
+	child := exec.Command(self, append(append([]string{"bench"}, floorArgs...), "--listen", endpoint)...)
 	child.Stderr = stderr
+	child.Env = append(os.Environ(), env...)
 	if err := child.Start(); err != nil {
 		_ = os.RemoveAll(dir)
-		return nil, nil, fmt.Errorf("start the no-op server: %w", err)
+		return nil, 0, nil, fmt.Errorf("start the floor: %w", err)
 	}
 	stop := func() {
 		_ = child.Process.Kill()
@@ -142,7 +178,7 @@ func startNoopServer(ctx context.Context, stderr io.Writer) (kmsapi.KeyManagemen
 	client, closeConn, err := dialBench(endpoint)
 	if err != nil {
 		stop()
-		return nil, nil, err
+		return nil, 0, nil, err
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -155,41 +191,11 @@ func startNoopServer(ctx context.Context, stderr io.Writer) (kmsapi.KeyManagemen
 		if time.Now().After(deadline) {
 			closeConn()
 			stop()
-			return nil, nil, fmt.Errorf("no-op server did not start: %w", err)
+			return nil, 0, nil, fmt.Errorf("the floor (%s) did not start: %w", floorArgs[0], err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return client, func() { closeConn(); stop() }, nil
-}
-
-func newNoopServerCmd() *cobra.Command {
-	var listen string
-	cmd := &cobra.Command{
-		Use:    "noop-server",
-		Short:  "Serve a no-op KMS v2 server (the floor for --baseline); never for real data",
-		Hidden: true,
-		Args:   cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ep, err := kms.ParseEndpoint(listen)
-			if err != nil {
-				return err
-			}
-			l, err := kms.Listen(ep, kms.SocketOptions{})
-			if err != nil {
-				return err
-			}
-			srv := grpc.NewServer()
-			kmsapi.RegisterKeyManagementServiceServer(srv, bench.NoopServer{})
-			go func() { <-cmd.Context().Done(); srv.Stop() }()
-			if err := srv.Serve(l); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-				return err
-			}
-			return nil
-		},
-	}
-	cmd.Flags().StringVar(&listen, "listen", "", "socket to serve on")
-	_ = cmd.MarkFlagRequired("listen")
-	return cmd
+	return client, child.Process.Pid, func() { closeConn(); stop() }, nil
 }
 
 // checkErrors fails a run in which more than maxRate of the calls failed:
@@ -235,10 +241,14 @@ func printBench(w io.Writer, out output, o bench.Options, results []bench.Result
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "op %s, concurrency %d\n", o.Op, o.Concurrency)
-	fmt.Fprintln(tw, "ROUND\tWHO\tOPS/S\tP50\tP90\tP99\tMAX\tERRORS")
+	fmt.Fprintln(tw, "ROUND\tWHO\tOPS/S\tP50\tP90\tP99\tMAX\tERRORS\tCPU-MS/1000")
 	row := func(i int, who string, r bench.Result) {
 		us := func(d time.Duration) time.Duration { return d.Round(time.Microsecond) }
-		fmt.Fprintf(tw, "%d\t%s\t%.0f\t%v\t%v\t%v\t%v\t%d\n", i+1, who, r.OpsPerSec, us(r.P50), us(r.P90), us(r.P99), us(r.Max), r.Errors)
+		cpu := "-"
+		if r.CPUMsPer1000 > 0 {
+			cpu = fmt.Sprintf("%.1f", r.CPUMsPer1000)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%.0f\t%v\t%v\t%v\t%v\t%d\t%s\n", i+1, who, r.OpsPerSec, us(r.P50), us(r.P90), us(r.P99), us(r.Max), r.Errors, cpu)
 	}
 	var firstErr string
 	for i, r := range results {

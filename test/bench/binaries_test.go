@@ -46,7 +46,7 @@ func TestCompareBinaries(t *testing.T) {
 			var cpuAfter, cpuBefore []float64
 			measure := func(s *server, into *[]float64) func() (bench.Result, error) {
 				return func() (bench.Result, error) {
-					s0, err := sample(s.cmd.Process.Pid)
+					s0, err := bench.SampleProc(s.cmd.Process.Pid)
 					if err != nil {
 						return bench.Result{}, err
 					}
@@ -54,12 +54,12 @@ func TestCompareBinaries(t *testing.T) {
 					if err != nil {
 						return r, err
 					}
-					s1, err := sample(s.cmd.Process.Pid)
+					s1, err := bench.SampleProc(s.cmd.Process.Pid)
 					if err != nil {
 						return r, err
 					}
 					calls := float64(r.Ops) * float64(o.Duration+o.Warmup) / float64(o.Duration)
-					*into = append(*into, float64(s1.cpu-s0.cpu)/float64(time.Millisecond)/calls*1000)
+					*into = append(*into, float64(s1.CPU-s0.CPU)/float64(time.Millisecond)/calls*1000)
 					return r, nil
 				}
 			}

@@ -43,7 +43,7 @@ func benchLocal(t *testing.T, tb *table) {
 			cpu := &cpuRounds{}
 			measure := func(s *server, into *[]float64) func() (bench.Result, error) {
 				return func() (bench.Result, error) {
-					before, err := sample(s.cmd.Process.Pid)
+					before, err := bench.SampleProc(s.cmd.Process.Pid)
 					if err != nil {
 						return bench.Result{}, err
 					}
@@ -51,7 +51,7 @@ func benchLocal(t *testing.T, tb *table) {
 					if err != nil {
 						return r, err
 					}
-					after, err := sample(s.cmd.Process.Pid)
+					after, err := bench.SampleProc(s.cmd.Process.Pid)
 					if err != nil {
 						return r, err
 					}
@@ -60,7 +60,7 @@ func benchLocal(t *testing.T, tb *table) {
 					}
 					// Warm-up calls burn CPU too; count them at the measured rate.
 					calls := float64(r.Ops) * float64(o.Duration+o.Warmup) / float64(o.Duration)
-					*into = append(*into, float64(after.cpu-before.cpu)/float64(time.Millisecond)/calls*1000)
+					*into = append(*into, float64(after.CPU-before.CPU)/float64(time.Millisecond)/calls*1000)
 					return r, nil
 				}
 			}
@@ -107,16 +107,16 @@ func benchLocal(t *testing.T, tb *table) {
 			Detail:  fmt.Sprintf("%.1f vs %.1f CPU-ms per 1000 ops", median(cpu.plugin), median(cpu.floor)),
 		})
 	}
-	ps, err1 := sample(plugin.cmd.Process.Pid)
-	fs, err2 := sample(floor.cmd.Process.Pid)
+	ps, err1 := bench.SampleProc(plugin.cmd.Process.Pid)
+	fs, err2 := bench.SampleProc(floor.cmd.Process.Pid)
 	if err1 != nil || err2 != nil {
 		t.Fatalf("read /proc: %v %v", err1, err2)
 	}
 	tb.add(row{
 		Section: "6 footprint",
 		Measure: "peak RSS after section 1",
-		Value:   fmt.Sprintf("%.2fx", float64(ps.peakKB)/float64(fs.peakKB)),
-		Detail:  fmt.Sprintf("%.1f vs %.1f MiB peak; %.1f vs %.1f MiB now", float64(ps.peakKB)/1024, float64(fs.peakKB)/1024, float64(ps.rssKB)/1024, float64(fs.rssKB)/1024),
+		Value:   fmt.Sprintf("%.2fx", float64(ps.PeakKB)/float64(fs.PeakKB)),
+		Detail:  fmt.Sprintf("%.1f vs %.1f MiB peak; %.1f vs %.1f MiB now", float64(ps.PeakKB)/1024, float64(fs.PeakKB)/1024, float64(ps.RSSKB)/1024, float64(fs.RSSKB)/1024),
 	})
 }
 

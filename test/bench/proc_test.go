@@ -9,8 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -31,12 +29,19 @@ type server struct {
 // endpoint answers Status. It is killed when t ends.
 func startServer(t testing.TB, name, dir, endpoint, bin string, args ...string) *server {
 	t.Helper()
+	return startServerEnv(t, name, dir, endpoint, nil, bin, args...)
+}
+
+// startServerEnv is startServer with env added to the environment.
+func startServerEnv(t testing.TB, name, dir, endpoint string, env []string, bin string, args ...string) *server {
+	t.Helper()
 	logf, err := os.Create(filepath.Join(dir, name+".log"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
@@ -66,50 +71,6 @@ func startServer(t testing.TB, name, dir, endpoint, bin string, args ...string) 
 		time.Sleep(50 * time.Millisecond)
 	}
 	return &server{name: name, cmd: cmd, client: client}
-}
-
-// procSample is what /proc says about a process at one instant.
-type procSample struct {
-	cpu    time.Duration // user + system time so far
-	rssKB  int64         // resident set now
-	peakKB int64         // peak resident set so far (VmHWM)
-}
-
-// sample reads /proc/<pid>/stat and /proc/<pid>/status.
-func sample(pid int) (procSample, error) {
-	var s procSample
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return s, err
-	}
-	// The command name, field 2, may hold spaces; fields count from after it.
-	rest := string(b[strings.LastIndexByte(string(b), ')')+2:])
-	f := strings.Fields(rest)
-	utime, err1 := strconv.ParseInt(f[11], 10, 64) // field 14
-	stime, err2 := strconv.ParseInt(f[12], 10, 64) // field 15
-	if err1 != nil || err2 != nil {
-		return s, fmt.Errorf("parse /proc/%d/stat", pid)
-	}
-	const ticksPerSecond = 100 // USER_HZ on Linux
-	s.cpu = time.Duration(utime+stime) * time.Second / ticksPerSecond
-	b, err = os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return s, err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		k, v, ok := strings.Cut(line, ":")
-		if !ok {
-			continue
-		}
-		kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-		switch k {
-		case "VmRSS":
-			s.rssKB = kb
-		case "VmHWM":
-			s.peakKB = kb
-		}
-	}
-	return s, nil
 }
 
 func median(xs []float64) float64 {
