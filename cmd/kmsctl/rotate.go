@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"time"
 
@@ -168,12 +167,7 @@ again. --dry-run prints the plan and changes nothing.`,
 	f := cmd.Flags()
 	f.StringVar(&backend, "backend", "local", "where the key lives: local or vault")
 	f.StringSliceVar(&keyrings, "keyring", nil, "local: keyring file of each control-plane node, as this host sees it (repeat or comma-separate)")
-	gofs := flag.NewFlagSet("vault", flag.ContinueOnError)
-	vaultCfg.RegisterFlags(gofs)
-	f.AddGoFlagSet(gofs)
-	for _, name := range []string{"vault-refresh-interval", "vault-decrypt-cache-size", "vault-decrypt-cache-ttl"} {
-		_ = f.MarkHidden(name)
-	}
+	addVaultFlags(f, &vaultCfg)
 	f.StringSliceVar(&endpoints, "plugin-endpoint", []string{"unix:///var/run/kms-plugin/kms.sock"}, "every kms-plugin that must report the new key_id (repeat for each node)")
 	f.StringSliceVar(&apiservers, "apiserver", nil, "every kube-apiserver URL to prove with a canary write (default: the kubeconfig's server); list each one behind a load balancer")
 	f.StringVar(&canaryNS, "canary-namespace", "default", "namespace of the canary Secret")

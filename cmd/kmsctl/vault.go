@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/kms-plugin/kms-plugin/providers"
 	"github.com/kms-plugin/kms-plugin/providers/vault"
@@ -30,12 +31,7 @@ the token from "vault login" (~/.vault-token) is used.
 A running plugin picks up a rotation or retirement within its
 --vault-refresh-interval; no restart is needed.`,
 	}
-	gofs := flag.NewFlagSet("vault", flag.ContinueOnError)
-	cfg.RegisterFlags(gofs)
-	cmd.PersistentFlags().AddGoFlagSet(gofs)
-	for _, name := range []string{"vault-refresh-interval", "vault-decrypt-cache-size", "vault-decrypt-cache-ttl"} {
-		_ = cmd.PersistentFlags().MarkHidden(name) // plugin-only tuning
-	}
+	addVaultFlags(cmd.PersistentFlags(), &cfg)
 
 	var rotateOut output
 	rotate := &cobra.Command{
@@ -167,6 +163,17 @@ Load it with: kmsctl vault policy --vault-key K | vault policy write kms-plugin 
 	}
 	cmd.Flags().StringVar(&role, "role", role, "whose policy: plugin or operator")
 	return cmd
+}
+
+// addVaultFlags adds the plugin's --vault-* connection flags to fs, with
+// the plugin-only tuning hidden: kmsctl makes few calls and keeps nothing.
+func addVaultFlags(fs *pflag.FlagSet, cfg *vault.Config) {
+	gofs := flag.NewFlagSet("vault", flag.ContinueOnError)
+	cfg.RegisterFlags(gofs)
+	fs.AddGoFlagSet(gofs)
+	for _, name := range []string{"vault-refresh-interval", "vault-decrypt-cache-size", "vault-decrypt-cache-ttl", "vault-batch-decrypt"} {
+		_ = fs.MarkHidden(name)
+	}
 }
 
 // openVault connects with the command's flags. It falls back to the vault

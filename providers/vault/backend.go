@@ -2,7 +2,6 @@ package vault
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -41,6 +40,13 @@ type backend interface {
 	RenewSelf(ctx context.Context) (tokenInfo, error)
 	// SetToken makes token the one used by every later call.
 	SetToken(token string)
+	// FollowLeader asks the cluster which node is active and, when it is
+	// one of the configured ones, sends later calls straight to it. It
+	// reports whether it found the leader.
+	FollowLeader(ctx context.Context) (bool, error)
+	// NodeMoved receives when a call moved on from a node that did not
+	// serve; nil when there is only one node.
+	NodeMoved() <-chan struct{}
 }
 
 // errKeyMissing is what backend.ReadKey returns when the key does not
@@ -102,11 +108,16 @@ func (m keyMetadata) usable() error {
 	return nil
 }
 
-// apiBackend is the backend over the Vault SDK.
+// apiBackend is the backend over Vault's HTTP API: transit encrypt and
+// decrypt on the lean hot path (transitHTTP), everything else through the
+// Vault SDK, with one SDK client per configured node.
 type apiBackend struct {
-	client *api.Client
-	mount  string // transit mount, no slashes
-	key    string
+	clients []*api.Client // one per node, in the order of eps
+	eps     *endpoints
+	hot     *transitHTTP
+	batch   *decryptBatcher // nil when batching is off
+	mount   string          // transit mount, no slashes
+	key     string
 }
 
 var _ backend = (*apiBackend)(nil)
@@ -115,43 +126,30 @@ func (b *apiBackend) path(parts ...string) string {
 	return b.mount + "/" + strings.Join(parts, "/")
 }
 
+// sdk runs fn with the current node's SDK client, failing over like the
+// hot path.
+func (b *apiBackend) sdk(ctx context.Context, fn func(c *api.Client) error) error {
+	return b.eps.do(ctx, func(i int, _ string) error { return fn(b.clients[i]) })
+}
+
 func (b *apiBackend) Encrypt(ctx context.Context, version int64, plaintext, ad []byte) (string, error) {
-	s, err := b.client.Logical().WriteWithContext(ctx, b.path("encrypt", url.PathEscape(b.key)), map[string]any{
-		"plaintext":       base64.StdEncoding.EncodeToString(plaintext),
-		"associated_data": base64.StdEncoding.EncodeToString(ad),
-		"key_version":     version,
-	})
-	if err != nil {
-		return "", err
-	}
-	ct, ok := dataString(s, "ciphertext")
-	if !ok {
-		return "", errors.New("vault encrypt response has no ciphertext")
-	}
-	return ct, nil
+	return b.hot.encrypt(ctx, version, plaintext, ad)
 }
 
 func (b *apiBackend) Decrypt(ctx context.Context, ciphertext string, ad []byte) ([]byte, error) {
-	s, err := b.client.Logical().WriteWithContext(ctx, b.path("decrypt", url.PathEscape(b.key)), map[string]any{
-		"ciphertext":      ciphertext,
-		"associated_data": base64.StdEncoding.EncodeToString(ad),
-	})
-	if err != nil {
-		return nil, err
+	if b.batch != nil {
+		return b.batch.decrypt(ctx, ciphertext, ad)
 	}
-	pt, ok := dataString(s, "plaintext")
-	if !ok {
-		return nil, errors.New("vault decrypt response has no plaintext")
-	}
-	out, err := base64.StdEncoding.DecodeString(pt)
-	if err != nil {
-		return nil, errors.New("vault decrypt response is not base64")
-	}
-	return out, nil
+	return b.hot.decrypt(ctx, ciphertext, ad)
 }
 
 func (b *apiBackend) ReadKey(ctx context.Context) (keyMetadata, error) {
-	s, err := b.client.Logical().ReadWithContext(ctx, b.path("keys", url.PathEscape(b.key)))
+	var s *api.Secret
+	err := b.sdk(ctx, func(c *api.Client) error {
+		var err error
+		s, err = c.Logical().ReadWithContext(ctx, b.path("keys", url.PathEscape(b.key)))
+		return err
+	})
 	if err != nil {
 		return keyMetadata{}, err
 	}
@@ -213,26 +211,34 @@ func toInt64(v any) (int64, error) {
 }
 
 func (b *apiBackend) Rotate(ctx context.Context) error {
-	_, err := b.client.Logical().WriteWithContext(ctx, b.path("keys", url.PathEscape(b.key), "rotate"), nil)
-	return err
+	return b.sdk(ctx, func(c *api.Client) error {
+		_, err := c.Logical().WriteWithContext(ctx, b.path("keys", url.PathEscape(b.key), "rotate"), nil)
+		return err
+	})
 }
 
 func (b *apiBackend) SetMinDecryptionVersion(ctx context.Context, version int64) error {
-	_, err := b.client.Logical().WriteWithContext(ctx, b.path("keys", url.PathEscape(b.key), "config"), map[string]any{
-		"min_decryption_version": version,
+	return b.sdk(ctx, func(c *api.Client) error {
+		_, err := c.Logical().WriteWithContext(ctx, b.path("keys", url.PathEscape(b.key), "config"), map[string]any{
+			"min_decryption_version": version,
+		})
+		return err
 	})
-	return err
 }
 
 func (b *apiBackend) Login(ctx context.Context, mount string, body map[string]any) (tokenInfo, error) {
-	// Log in on a clone without a token: a revoked token in the header
-	// must not get in the way of getting a new one.
-	c, err := b.client.CloneWithHeaders()
-	if err != nil {
-		return tokenInfo{}, err
-	}
-	c.ClearToken()
-	s, err := c.Logical().WriteWithContext(ctx, "auth/"+mount+"/login", body)
+	var s *api.Secret
+	err := b.sdk(ctx, func(client *api.Client) error {
+		// Log in on a clone without a token: a revoked token in the
+		// header must not get in the way of getting a new one.
+		c, err := client.CloneWithHeaders()
+		if err != nil {
+			return err
+		}
+		c.ClearToken()
+		s, err = c.Logical().WriteWithContext(ctx, "auth/"+mount+"/login", body)
+		return err
+	})
 	if err != nil {
 		return tokenInfo{}, err
 	}
@@ -247,7 +253,12 @@ func (b *apiBackend) Login(ctx context.Context, mount string, body map[string]an
 }
 
 func (b *apiBackend) LookupSelf(ctx context.Context) (tokenInfo, error) {
-	s, err := b.client.Auth().Token().LookupSelfWithContext(ctx)
+	var s *api.Secret
+	err := b.sdk(ctx, func(c *api.Client) error {
+		var err error
+		s, err = c.Auth().Token().LookupSelfWithContext(ctx)
+		return err
+	})
 	if err != nil {
 		return tokenInfo{}, err
 	}
@@ -260,7 +271,12 @@ func (b *apiBackend) LookupSelf(ctx context.Context) (tokenInfo, error) {
 }
 
 func (b *apiBackend) RenewSelf(ctx context.Context) (tokenInfo, error) {
-	s, err := b.client.Auth().Token().RenewSelfWithContext(ctx, 0)
+	var s *api.Secret
+	err := b.sdk(ctx, func(c *api.Client) error {
+		var err error
+		s, err = c.Auth().Token().RenewSelfWithContext(ctx, 0)
+		return err
+	})
 	if err != nil {
 		return tokenInfo{}, err
 	}
@@ -273,7 +289,43 @@ func (b *apiBackend) RenewSelf(ctx context.Context) (tokenInfo, error) {
 	}, nil
 }
 
-func (b *apiBackend) SetToken(token string) { b.client.SetToken(token) }
+func (b *apiBackend) SetToken(token string) {
+	for _, c := range b.clients {
+		c.SetToken(token)
+	}
+	b.hot.setToken(token)
+}
+
+func (b *apiBackend) NodeMoved() <-chan struct{} {
+	if len(b.clients) < 2 {
+		return nil
+	}
+	return b.eps.moved
+}
+
+// FollowLeader reads sys/leader (no token needed) from the current node.
+func (b *apiBackend) FollowLeader(ctx context.Context) (bool, error) {
+	if len(b.clients) < 2 {
+		return true, nil
+	}
+	var l *api.LeaderResponse
+	err := b.sdk(ctx, func(c *api.Client) error {
+		var err error
+		l, err = c.Sys().LeaderWithContext(ctx)
+		return err
+	})
+	if err != nil {
+		return false, err
+	}
+	if l.LeaderAddress == "" {
+		return false, nil // an election is under way
+	}
+	u, err := url.Parse(l.LeaderAddress)
+	if err != nil {
+		return false, nil
+	}
+	return b.eps.prefer(u), nil
+}
 
 func dataString(s *api.Secret, field string) (string, bool) {
 	if s == nil || s.Data == nil {

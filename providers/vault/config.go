@@ -42,7 +42,9 @@ var keyNameRe = regexp.MustCompile(`^\w(([\w.-]+)?\w)?$`)
 // The zero value is not usable; start from DefaultConfig so that the VAULT_*
 // environment variables act as defaults, as they do for the vault CLI.
 type Config struct {
-	// Addr is Vault's URL (VAULT_ADDR).
+	// Addr is Vault's URL (VAULT_ADDR), or the URLs of the nodes of a Vault
+	// cluster separated by commas. The provider fails over among them and
+	// follows the active node.
 	Addr string
 	// Mount is the transit secrets engine's mount path.
 	Mount string
@@ -93,6 +95,9 @@ type Config struct {
 	DecryptCacheSize int
 	// DecryptCacheTTL bounds how long a cached plaintext is served.
 	DecryptCacheTTL time.Duration
+	// BatchDecrypt sends Decrypts that queue behind others to transit's
+	// batch_input, several per request.
+	BatchDecrypt bool
 }
 
 // DefaultConfig returns the defaults, taking VAULT_ADDR, VAULT_NAMESPACE,
@@ -122,7 +127,7 @@ func DefaultConfig() Config {
 // RegisterFlags binds the --vault-* flags to c; the values already in c
 // are the defaults.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
-	fs.StringVar(&c.Addr, "vault-addr", c.Addr, "Vault address, e.g. https://vault.example:8200 (env VAULT_ADDR)")
+	fs.Var(&addrList{addr: &c.Addr}, "vault-addr", "Vault address, e.g. https://vault.example:8200 (env VAULT_ADDR); for a Vault cluster, repeat it or comma-separate one address per node")
 	fs.StringVar(&c.Mount, "vault-mount", c.Mount, "mount path of the transit secrets engine")
 	fs.StringVar(&c.Key, "vault-key", c.Key, "name of the transit key that wraps DEKs")
 	fs.StringVar(&c.Namespace, "vault-namespace", c.Namespace, "Vault Enterprise namespace (env VAULT_NAMESPACE)")
@@ -142,6 +147,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.RefreshInterval, "vault-refresh-interval", c.RefreshInterval, "how often key metadata (rotations) and the token file are re-read")
 	fs.IntVar(&c.DecryptCacheSize, "vault-decrypt-cache-size", c.DecryptCacheSize, "entries in the in-memory cache of decrypted DEK seeds; 0 turns it off (see docs/vault.md)")
 	fs.DurationVar(&c.DecryptCacheTTL, "vault-decrypt-cache-ttl", c.DecryptCacheTTL, "how long a cached decrypted DEK seed is served")
+	fs.BoolVar(&c.BatchDecrypt, "vault-batch-decrypt", c.BatchDecrypt, "send Decrypts that queue behind others to transit's batch_input, several per request (see docs/vault.md)")
 }
 
 // Validate reports every problem with c at once, wrapped in
@@ -150,10 +156,20 @@ func (c *Config) Validate() error {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 
-	if c.Addr == "" {
+	addrs := c.addrs()
+	if len(addrs) == 0 {
 		bad("--vault-addr (or VAULT_ADDR) is required")
-	} else if u, err := url.Parse(c.Addr); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		bad("--vault-addr %q is not an http(s) URL", c.Addr)
+	}
+	seen := map[string]bool{}
+	for _, a := range addrs {
+		if u, err := url.Parse(a); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
+			(u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
+			bad("--vault-addr %q is not an http(s) URL of a Vault node (scheme, host and port only)", a)
+		} else if seen[u.Scheme+"://"+u.Host] {
+			bad("--vault-addr %q is given twice", a)
+		} else {
+			seen[u.Scheme+"://"+u.Host] = true
+		}
 	}
 	if strings.Trim(c.Mount, "/") == "" {
 		bad("--vault-mount is required")
@@ -211,6 +227,44 @@ func (c *Config) Validate() error {
 	return nil
 }
 
+// addrs returns the Vault addresses in Addr, in order, without trailing
+// slashes.
+func (c *Config) addrs() []string {
+	var out []string
+	for _, a := range strings.Split(c.Addr, ",") {
+		if a = strings.TrimSuffix(strings.TrimSpace(a), "/"); a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// addrList is the --vault-addr flag: each use adds addresses (one, or a
+// comma-separated list) to the earlier uses'; the first use replaces the
+// default that came from VAULT_ADDR.
+type addrList struct {
+	addr *string
+	set  bool
+}
+
+func (a *addrList) String() string {
+	if a == nil || a.addr == nil {
+		return ""
+	}
+	return *a.addr
+}
+
+func (a *addrList) Set(v string) error {
+	if !a.set {
+		*a.addr, a.set = "", true
+	}
+	if *a.addr != "" {
+		v = *a.addr + "," + v
+	}
+	*a.addr = v
+	return nil
+}
+
 // authMount is the auth method's mount path without slashes.
 func (c *Config) authMount() string {
 	if m := strings.Trim(c.AuthMount, "/"); m != "" {
@@ -219,23 +273,57 @@ func (c *Config) authMount() string {
 	return c.Auth
 }
 
-// newAPIClient builds the Vault SDK client from c alone: the environment
-// was already folded into c by DefaultConfig, and the SDK's own retries are
-// off because the provider retries inside the caller's deadline.
-func (c *Config) newAPIClient() (*api.Client, error) {
+// hotIdleConnsPerNode is how many idle connections the hot path keeps to
+// each node: enough for the bursts of Decrypts of an apiserver's cold
+// start, so that a burst does not pay a connection (and a TLS handshake)
+// per call.
+const hotIdleConnsPerNode = 128
+
+// newAPIBackend builds one SDK client per node and the hot path's client,
+// which shares their TLS settings.
+func newAPIBackend(c Config) (*apiBackend, error) {
+	addrs := c.addrs()
+	b := &apiBackend{eps: newEndpoints(addrs), mount: strings.Trim(c.Mount, "/"), key: c.Key}
+	var tr *http.Transport
+	for _, addr := range addrs {
+		client, t, err := c.newAPIClient(addr)
+		if err != nil {
+			return nil, err
+		}
+		b.clients = append(b.clients, client)
+		tr = t
+	}
+	hot := tr.Clone()
+	hot.MaxIdleConnsPerHost = hotIdleConnsPerNode
+	hot.MaxIdleConns = hotIdleConnsPerNode * len(addrs)
+	// Each attempt is bounded by the provider (call), across failovers.
+	b.hot = newTransitHTTP(hot, b.eps, b.mount, c.Key, c.Namespace, c.Timeout)
+	if c.BatchDecrypt {
+		b.batch = newDecryptBatcher(b.hot)
+	}
+	return b, nil
+}
+
+// newAPIClient builds the Vault SDK client for the node at addr from c
+// alone: the environment was already folded into c by DefaultConfig, and
+// the SDK's own retries are off because the provider retries inside the
+// caller's deadline. It also returns the client's transport.
+func (c *Config) newAPIClient(addr string) (*api.Client, *http.Transport, error) {
 	ac := api.DefaultConfig()
 	if ac.Error != nil {
-		return nil, fmt.Errorf("vault client config: %w: %w", providers.ErrNotConfigured, ac.Error)
+		return nil, nil, fmt.Errorf("vault client config: %w: %w", providers.ErrNotConfigured, ac.Error)
 	}
-	ac.Address = c.Addr
+	ac.Address = addr
 	ac.AgentAddress = ""
 	ac.MaxRetries = 0
 	ac.Timeout = c.Timeout
 	// Start from a clean TLS config so that VAULT_* variables that c
 	// overrides leave nothing behind.
-	if tr, ok := ac.HttpClient.Transport.(*http.Transport); ok {
-		tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	tr, ok := ac.HttpClient.Transport.(*http.Transport)
+	if !ok {
+		return nil, nil, fmt.Errorf("vault client config: %w: unexpected transport %T", providers.ErrNotConfigured, ac.HttpClient.Transport)
 	}
+	tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
 	if err := ac.ConfigureTLS(&api.TLSConfig{
 		CACert:        c.CACert,
 		ClientCert:    c.ClientCert,
@@ -243,11 +331,11 @@ func (c *Config) newAPIClient() (*api.Client, error) {
 		TLSServerName: c.TLSServerName,
 		Insecure:      c.TLSSkipVerify,
 	}); err != nil {
-		return nil, fmt.Errorf("vault TLS config: %w: %w", providers.ErrNotConfigured, err)
+		return nil, nil, fmt.Errorf("vault TLS config: %w: %w", providers.ErrNotConfigured, err)
 	}
 	client, err := api.NewClient(ac)
 	if err != nil {
-		return nil, fmt.Errorf("vault client: %w: %w", providers.ErrNotConfigured, err)
+		return nil, nil, fmt.Errorf("vault client: %w: %w", providers.ErrNotConfigured, err)
 	}
 	// NewClient picks up VAULT_TOKEN and VAULT_NAMESPACE by itself; the
 	// session decides which token to use.
@@ -256,5 +344,5 @@ func (c *Config) newAPIClient() (*api.Client, error) {
 	if c.Namespace != "" {
 		client.SetNamespace(c.Namespace)
 	}
-	return client, nil
+	return client, tr, nil
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -43,6 +44,29 @@ func TestDefaultConfigReadsVaultEnvironment(t *testing.T) {
 	}
 }
 
+func TestVaultAddrFlagTakesACluster(t *testing.T) {
+	t.Setenv("VAULT_ADDR", "https://from-env:8200")
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{nil, []string{"https://from-env:8200"}},
+		{[]string{"--vault-addr=https://a:8200"}, []string{"https://a:8200"}},
+		{[]string{"--vault-addr=https://a:8200", "--vault-addr", "https://b:8200"}, []string{"https://a:8200", "https://b:8200"}},
+		{[]string{"--vault-addr=https://a:8200,https://b:8200/", "--vault-addr=https://c:8200"}, []string{"https://a:8200", "https://b:8200", "https://c:8200"}},
+	} {
+		c := DefaultConfig()
+		fs := flag.NewFlagSet("test", flag.ContinueOnError)
+		c.RegisterFlags(fs)
+		if err := fs.Parse(tc.args); err != nil {
+			t.Fatal(err)
+		}
+		if got := c.addrs(); !slices.Equal(got, tc.want) {
+			t.Errorf("%q: addresses %q, want %q", tc.args, got, tc.want)
+		}
+	}
+}
+
 func TestConfigValidate(t *testing.T) {
 	base := func() Config {
 		c := DefaultConfig()
@@ -57,6 +81,11 @@ func TestConfigValidate(t *testing.T) {
 		{"valid token", func(c *Config) {}, true},
 		{"no addr", func(c *Config) { c.Addr = "" }, false},
 		{"addr not a URL", func(c *Config) { c.Addr = "127.0.0.1:8200" }, false},
+		{"cluster", func(c *Config) { c.Addr = "https://v1:8200, https://v2:8200,https://v3:8200/" }, true},
+		{"one bad node", func(c *Config) { c.Addr = "https://v1:8200,v2:8200" }, false},
+		{"node twice", func(c *Config) { c.Addr = "https://v1:8200,https://v1:8200/" }, false},
+		{"addr with a path", func(c *Config) { c.Addr = "https://v1:8200/v1/transit" }, false},
+		{"addr with credentials", func(c *Config) { c.Addr = "https://user:pw@v1:8200" }, false},
 		{"no key", func(c *Config) { c.Key = "" }, false},
 		{"key with slash", func(c *Config) { c.Key = "a/b" }, false},
 		{"no mount", func(c *Config) { c.Mount = "/" }, false},

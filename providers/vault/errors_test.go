@@ -29,17 +29,10 @@ func TestErrorsNeverEchoTheRequest(t *testing.T) {
 			w.WriteHeader(code)
 			_ = json.NewEncoder(w).Encode(map[string][]string{"errors": {"bad request: " + string(body)}})
 		}))
-		cfg := api.DefaultConfig()
-		cfg.Address, cfg.MaxRetries, cfg.Timeout = srv.URL, 0, 2*time.Second
-		client, err := api.NewClient(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		client.SetToken("hvs.test")
-		be := &apiBackend{client: client, mount: "transit", key: "kms"}
+		be := testAPIBackend(t, srv.URL, "hvs.test")
 		seed := []byte("SEED-0123456789abcdef0123456789ab")
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_, err = be.Encrypt(ctx, 1, seed, []byte("aad"))
+		_, err := be.Encrypt(ctx, 1, seed, []byte("aad"))
 		cancel()
 		srv.Close()
 		if err == nil {

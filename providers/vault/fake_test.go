@@ -20,6 +20,18 @@ import (
 	"github.com/kms-plugin/kms-plugin/providers"
 )
 
+// testAPIBackend is the real backend for the Vault (or stand-in) at addr,
+// using token.
+func testAPIBackend(t testing.TB, addr, token string) *apiBackend {
+	t.Helper()
+	be, err := newAPIBackend(Config{Addr: addr, Mount: "transit", Key: "kms", Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	be.SetToken(token)
+	return be
+}
+
 // fakeBackend is a backend whose every call is a function field; nil
 // fields fall back to the in-memory transit below.
 type fakeBackend struct {
@@ -59,6 +71,10 @@ func (f *fakeBackend) currentToken() string {
 	defer f.mu.Unlock()
 	return f.token
 }
+
+func (f *fakeBackend) FollowLeader(context.Context) (bool, error) { return true, nil }
+
+func (f *fakeBackend) NodeMoved() <-chan struct{} { return nil }
 
 func (f *fakeBackend) Encrypt(ctx context.Context, version int64, plaintext, ad []byte) (string, error) {
 	f.count("encrypt")

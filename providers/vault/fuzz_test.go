@@ -71,16 +71,7 @@ func FuzzVaultHTTPResponse(f *testing.F) {
 			_, _ = w.Write(body)
 		}))
 		defer srv.Close()
-		cfg := api.DefaultConfig()
-		cfg.Address = srv.URL
-		cfg.MaxRetries = 0
-		cfg.Timeout = 2 * time.Second
-		client, err := api.NewClient(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		client.SetToken(fuzzToken)
-		be := &apiBackend{client: client, mount: "transit", key: "kms"}
+		be := testAPIBackend(t, srv.URL, fuzzToken)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		echoed := bytes.Contains(body, []byte(fuzzToken))

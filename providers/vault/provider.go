@@ -68,11 +68,10 @@ func New(ctx context.Context, cfg Config, env providers.Env) (*Provider, error) 
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	client, err := cfg.newAPIClient()
+	be, err := newAPIBackend(cfg)
 	if err != nil {
 		return nil, err
 	}
-	be := &apiBackend{client: client, mount: strings.Trim(cfg.Mount, "/"), key: cfg.Key}
 	return newProvider(ctx, cfg, be, env, time.Now)
 }
 
@@ -86,9 +85,11 @@ func newProvider(ctx context.Context, cfg Config, be backend, env providers.Env,
 		log.Warn("DANGER: --vault-tls-skip-verify is set: Vault's certificate is NOT verified, so anyone on the network path " +
 			"can impersonate Vault and read every DEK seed. Use --vault-cacert instead; never run this in production.")
 	}
-	if isPlainHTTP(cfg.Addr) {
-		log.Warn("DANGER: --vault-addr uses plain http: the Vault token and every DEK seed cross the network unencrypted. "+
-			"Use https:// in production.", "vault_addr", cfg.Addr)
+	for _, addr := range cfg.addrs() {
+		if isPlainHTTP(addr) {
+			log.Warn("DANGER: --vault-addr uses plain http: the Vault token and every DEK seed cross the network unencrypted. "+
+				"Use https:// in production.", "vault_addr", addr)
+		}
 	}
 	method, err := newAuthMethod(&cfg)
 	if err != nil {
@@ -129,9 +130,10 @@ func newProvider(ctx context.Context, cfg Config, be backend, env providers.Env,
 
 	bg, stop := context.WithCancel(context.Background())
 	p.stop = stop
-	p.wg.Add(2)
+	p.wg.Add(3)
 	go func() { defer p.wg.Done(); p.sess.run(bg, cfg.RefreshInterval) }()
 	go func() { defer p.wg.Done(); p.refreshLoop(bg) }()
+	go func() { defer p.wg.Done(); p.followLoop(bg) }()
 	return p, nil
 }
 
@@ -500,6 +502,45 @@ func (p *Provider) refreshLoop(ctx context.Context) {
 			p.log.Warn("vault key refresh failed", "err", err)
 		}
 		cancel()
+	}
+}
+
+// leaderSearch bounds how long, after a failover, the provider keeps
+// asking once a second which node leads: an election takes seconds.
+const leaderSearch = 30
+
+// followLoop keeps calls going to the active node of a Vault cluster: it
+// asks the cluster for its leader at every refresh interval and, after a
+// call had to move on from a node, once a second until a leader is known.
+// Calls work without it (standbys forward them); it saves their hop.
+func (p *Provider) followLoop(ctx context.Context) {
+	moved := p.be.NodeMoved()
+	if moved == nil {
+		return
+	}
+	t := time.NewTicker(p.cfg.RefreshInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-moved:
+		}
+		for range leaderSearch {
+			lctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
+			found, err := p.be.FollowLeader(lctx)
+			cancel()
+			if found || ctx.Err() != nil {
+				break
+			}
+			p.log.Debug("vault cluster has no known leader yet", "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Second):
+			}
+		}
 	}
 }
 
