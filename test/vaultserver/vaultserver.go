@@ -55,6 +55,9 @@ type Server struct {
 	bin  string
 	port int
 	dev  bool
+	// raftID, when set, makes this a node of a Cluster: integrated
+	// storage (raft) instead of file storage.
+	raftID string
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -82,32 +85,7 @@ func Start(t testing.TB, opts Options) *Server {
 		s.TLS = tf
 		scheme = "https"
 	}
-	t.Cleanup(func() {
-		s.kill()
-		if t.Failed() {
-			t.Logf("vault log tail (%s):\n%s", s.logPath(), tail(s.logPath(), 40))
-		}
-	})
-
-	var err error
-	for range 5 { // a port pair may be taken between probing and binding
-		if s.port, err = freePortPair(); err != nil {
-			t.Fatalf("find ports: %v", err)
-		}
-		s.Addr = fmt.Sprintf("%s://127.0.0.1:%d", scheme, s.port)
-		if !s.dev {
-			if err := s.writeConfig(); err != nil {
-				t.Fatalf("write vault config: %v", err)
-			}
-		}
-		if err = s.launch(); err == nil {
-			break
-		}
-		s.kill()
-	}
-	if err != nil {
-		t.Fatalf("start vault: %v", err)
-	}
+	s.firstLaunch(t, scheme)
 	if s.dev {
 		// The dev banner with the unseal key comes after the API is up.
 		for deadline := time.Now().Add(10 * time.Second); s.UnsealKey == "" && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
@@ -124,6 +102,35 @@ func Start(t testing.TB, opts Options) *Server {
 	return s
 }
 
+// firstLaunch picks free ports, writes the configuration and starts the
+// process, which is killed when the test ends.
+func (s *Server) firstLaunch(t testing.TB, scheme string) {
+	t.Helper()
+	t.Cleanup(func() {
+		s.kill()
+		if t.Failed() {
+			t.Logf("vault log tail (%s):\n%s", s.logPath(), tail(s.logPath(), 40))
+		}
+	})
+	var err error
+	for range 5 { // a port pair may be taken between probing and binding
+		if s.port, err = freePortPair(); err != nil {
+			t.Fatalf("find ports: %v", err)
+		}
+		s.Addr = fmt.Sprintf("%s://127.0.0.1:%d", scheme, s.port)
+		if !s.dev {
+			if err := s.writeConfig(); err != nil {
+				t.Fatalf("write vault config: %v", err)
+			}
+		}
+		if err = s.launch(); err == nil {
+			return
+		}
+		s.kill()
+	}
+	t.Fatalf("start vault: %v", err)
+}
+
 func (s *Server) logPath() string { return filepath.Join(s.Dir, "vault.log") }
 
 func (s *Server) writeConfig() error {
@@ -131,9 +138,13 @@ func (s *Server) writeConfig() error {
 	if s.TLS != nil {
 		tlsLines = fmt.Sprintf("  tls_cert_file = %q\n  tls_key_file = %q", s.TLS.ServerCert, s.TLS.ServerKey)
 	}
-	cfg := fmt.Sprintf(`storage "file" {
-  path = %q
-}
+	storage := fmt.Sprintf("storage \"file\" {\n  path = %q\n}", filepath.Join(s.Dir, "data"))
+	if s.raftID != "" {
+		// performance_multiplier 1: loopback timings, so an election takes
+		// about a second rather than the production default's five.
+		storage = fmt.Sprintf("storage \"raft\" {\n  path = %q\n  node_id = %q\n  performance_multiplier = 1\n}", filepath.Join(s.Dir, "data"), s.raftID)
+	}
+	cfg := fmt.Sprintf(`%s
 listener "tcp" {
   address = "127.0.0.1:%d"
   cluster_address = "127.0.0.1:%d"
@@ -143,7 +154,10 @@ api_addr = %q
 cluster_addr = "https://127.0.0.1:%d"
 disable_mlock = true
 ui = false
-`, filepath.Join(s.Dir, "data"), s.port, s.port+1, tlsLines, s.Addr, s.port+1)
+`, storage, s.port, s.port+1, tlsLines, s.Addr, s.port+1)
+	if err := os.MkdirAll(filepath.Join(s.Dir, "data"), 0o700); err != nil {
+		return err
+	}
 	return os.WriteFile(filepath.Join(s.Dir, "config.hcl"), []byte(cfg), 0o600)
 }
 
@@ -240,7 +254,12 @@ func (s *Server) initialize() error {
 	return s.unseal(ctx)
 }
 
-func (s *Server) unseal(ctx context.Context) error {
+// unseal unseals and waits until the server is active.
+func (s *Server) unseal(ctx context.Context) error { return s.unsealTo(ctx, http.StatusOK) }
+
+// unsealTo unseals and waits until sys/health answers want: 200 for the
+// active node, 429 for an unsealed standby.
+func (s *Server) unsealTo(ctx context.Context, want int) error {
 	c, err := s.newClient("")
 	if err != nil {
 		return err
@@ -248,18 +267,17 @@ func (s *Server) unseal(ctx context.Context) error {
 	if _, err := c.Sys().UnsealWithContext(ctx, s.UnsealKey); err != nil {
 		return fmt.Errorf("unseal: %w", err)
 	}
-	// Wait until the server is active (standby or sealed answers non-200).
 	for ctx.Err() == nil {
 		resp, err := s.httpClient().Get(s.Addr + "/v1/sys/health")
 		if err == nil {
 			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
+			if resp.StatusCode == want {
 				return nil
 			}
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	return fmt.Errorf("vault not active after unseal: %w", ctx.Err())
+	return fmt.Errorf("vault does not answer sys/health with %d after unseal: %w", want, ctx.Err())
 }
 
 // newClient returns an API client for this server with token (which may
