@@ -4,26 +4,26 @@ package bench_test
 
 import (
 	"context"
-	"encoding/base64"
-	"encoding/binary"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/hashicorp/vault/api"
 	kmsapi "k8s.io/kms/apis/v2"
 
 	"github.com/kms-plugin/kms-plugin/bench"
 	"github.com/kms-plugin/kms-plugin/kms"
 	"github.com/kms-plugin/kms-plugin/providers"
 	"github.com/kms-plugin/kms-plugin/providers/vault"
+	"github.com/kms-plugin/kms-plugin/test/testbin"
 	"github.com/kms-plugin/kms-plugin/test/vaultserver"
 )
 
@@ -33,151 +33,176 @@ const (
 	poolSize     = 256 // distinct ciphertexts for decrypt runs, so coalescing never helps
 )
 
-// benchVault compares the Vault provider, called in process, with the same
-// transit calls made directly through a Vault API client with the
-// provider's HTTP settings, at the same concurrency against the same dev
-// Vault; then counts the Vault requests behind Status, Encrypt and a burst
-// of identical Decrypts through a counting proxy.
+// benchVault compares kms-plugin on the Vault provider, the built binary
+// on its unix socket, with the transit floor (`kmsctl bench
+// transit-floor`): a KMS v2 server over the same gRPC stack that makes one
+// raw transit call per request with net/http and checks nothing. Both are
+// separate processes against the same dev Vault, measured in alternating
+// rounds, with distinct inputs for the calls in flight; each row gives the
+// throughput ratio and the ratio of CPU time per 1000 calls. Then it
+// repeats decrypt at c=16 against a Vault that serves TLS, and counts the
+// Vault requests behind Status, Encrypt and a burst of identical Decrypts.
 func benchVault(t *testing.T, tb *table) {
-	set := currentSettings()
 	srv := vaultserver.Start(t, vaultserver.Options{})
 	srv.EnableTransit(t, transitMount)
 	srv.CreateKey(t, transitMount, transitKey)
-	ctx := context.Background()
+	plugin, floor := startVaultPair(t, srv, "")
+	for _, op := range []bench.Op{bench.OpEncrypt, bench.OpDecrypt} {
+		for _, conc := range []int{1, 16, 64} {
+			compareVault(t, tb, plugin, floor, op, conc, "")
+		}
+	}
+	// Batch decrypt, the other way round from the plugin's default.
+	other, label := "--vault-batch-decrypt=true", ", batch on"
+	if vault.DefaultConfig().BatchDecrypt {
+		other, label = "--vault-batch-decrypt=false", ", batch off"
+	}
+	flipped, _ := startVaultPair(t, srv, "", other)
+	for _, conc := range []int{16, 64} {
+		compareVault(t, tb, flipped, floor, bench.OpDecrypt, conc, label)
+	}
+	compareStorm(t, tb, plugin, flipped, floor, label)
 
-	p := newVaultProvider(t, srv.Addr, srv.RootToken)
-	direct := newDirectClient(t, srv.Addr, srv.RootToken, 0)
-	key, err := p.Current()
-	if err != nil {
-		t.Fatal(err)
-	}
-	seed := make([]byte, 32)
-	aad := []byte("kms-plugin envelope v1\x01\x01\x31") // what kms passes: tag and header
-	ad := transitAD(aad, key.ID)                        // what the provider sends to Vault
-
-	// Pools of distinct ciphertexts, one per side.
-	provCTs := make([][]byte, poolSize)
-	directCTs := make([]string, poolSize)
-	for i := range poolSize {
-		if provCTs[i], err = p.Encrypt(ctx, key, seed, aad); err != nil {
-			t.Fatal(err)
-		}
-		if directCTs[i], err = directEncrypt(ctx, direct, seed, ad); err != nil {
-			t.Fatal(err)
-		}
-	}
-	var next atomic.Uint64
-	calls := map[string][2]func(context.Context) error{
-		"encrypt": {
-			func(ctx context.Context) error { _, err := p.Encrypt(ctx, key, seed, aad); return err },
-			func(ctx context.Context) error { _, err := directEncrypt(ctx, direct, seed, ad); return err },
-		},
-		"decrypt": {
-			func(ctx context.Context) error {
-				_, err := p.Decrypt(ctx, key, provCTs[next.Add(1)%poolSize], aad)
-				return err
-			},
-			func(ctx context.Context) error {
-				_, err := directDecrypt(ctx, direct, directCTs[next.Add(1)%poolSize], ad)
-				return err
-			},
-		},
-	}
-	for _, op := range []string{"encrypt", "decrypt"} {
-		for _, conc := range []int{16, 1} {
-			o := bench.Options{Concurrency: conc, Duration: set.duration, Warmup: set.warmup, PlaintextSize: 32, Timeout: 3 * time.Second}
-			run := func(call func(context.Context) error) func() (bench.Result, error) {
-				return func() (bench.Result, error) {
-					r, err := bench.RunFunc(ctx, call, o)
-					if err == nil && r.Errors > 0 {
-						err = fmt.Errorf("%d errors, first: %s", r.Errors, r.FirstError)
-					}
-					return r, err
-				}
-			}
-			c, err := bench.Compare(set.rounds, run(calls[op][0]), run(calls[op][1]))
-			if err != nil {
-				t.Fatalf("vault %s at concurrency %d: %v", op, conc, err)
-			}
-			pr, dr := medianResult(c.Target), medianResult(c.Baseline)
-			if conc == 16 {
-				thr := c.Ratios["ops_per_sec"]
-				tb.add(row{
-					Section: "2 vault vs direct",
-					Measure: fmt.Sprintf("%s c=16 throughput", op),
-					Value:   ratioString(thr),
-					Detail:  fmt.Sprintf("%.0f vs %.0f ops/s; p50 %s vs %s", pr.OpsPerSec, dr.OpsPerSec, us(pr.P50), us(dr.P50)),
-					Target:  "≥ 0.9x",
-					Meets:   meets(thr.Median >= 0.9),
-				})
-				continue
-			}
-			var added []float64
-			for i := range c.Target {
-				added = append(added, float64(c.Target[i].P50-c.Baseline[i].P50)/float64(time.Microsecond))
-			}
-			lo, hi := minMax(added)
-			tb.add(row{
-				Section: "2 vault vs direct",
-				Measure: fmt.Sprintf("%s c=1 added p50", op),
-				Value:   fmt.Sprintf("%+.0fµs [%+.0f, %+.0f]", median(added), lo, hi),
-				Detail:  fmt.Sprintf("p50 %s vs %s (%s)", us(pr.P50), us(dr.P50), ratioString(c.Ratios["p50"])),
-				Target:  "≤ 100µs",
-				Meets:   meets(median(added) <= 100),
-			})
-		}
-	}
-	benchVaultPool(t, tb, "", direct, newDirectClient(t, srv.Addr, srv.RootToken, 64), directCTs, ad)
-	benchVaultTLSPool(t, tb)
+	tlsSrv := vaultserver.Start(t, vaultserver.Options{TLS: true})
+	tlsSrv.EnableTransit(t, transitMount)
+	tlsSrv.CreateKey(t, transitMount, transitKey)
+	tlsPlugin, tlsFloor := startVaultPair(t, tlsSrv, tlsSrv.TLS.CACert)
+	compareVault(t, tb, tlsPlugin, tlsFloor, bench.OpDecrypt, 16, " over TLS")
 	countVaultRequests(t, tb, srv)
 }
 
-// benchVaultTLSPool repeats the idle-connection comparison against a Vault
-// that serves TLS, where each connection beyond the idle pool costs a
-// handshake.
-func benchVaultTLSPool(t *testing.T, tb *table) {
-	srv := vaultserver.Start(t, vaultserver.Options{TLS: true})
-	srv.EnableTransit(t, transitMount)
-	srv.CreateKey(t, transitMount, transitKey)
-	def := newDirectTLSClient(t, srv.Addr, srv.RootToken, 0, srv.TLS.CACert)
-	pooled := newDirectTLSClient(t, srv.Addr, srv.RootToken, 64, srv.TLS.CACert)
-	ad := transitAD([]byte("kms-plugin envelope v1\x01\x01\x31"), "vault:transit/kms:v1:0")
-	cts := make([]string, poolSize)
-	for i := range cts {
-		var err error
-		if cts[i], err = directEncrypt(context.Background(), def, make([]byte, 32), ad); err != nil {
-			t.Fatal(err)
+// stormDEKs is how many distinct DEKs the cold-start storm decrypts, and
+// stormCallers how many calls it keeps in flight (an apiserver starting
+// with a cold cache, and its informers listing every Secret at once).
+const (
+	stormDEKs    = 1000
+	stormCallers = 64
+)
+
+// compareStorm decrypts stormDEKs distinct ciphertexts, each once, with
+// stormCallers in flight, through the plugin as configured by default,
+// the plugin with batching flipped, and the floor, in alternating rounds,
+// and reports each plugin's time to the floor's.
+func compareStorm(t *testing.T, tb *table, plugin, flipped, floor *server, label string) {
+	set := currentSettings()
+	prepare := func(s *server) []*kmsapi.DecryptRequest {
+		reqs := make([]*kmsapi.DecryptRequest, stormDEKs)
+		if err := parallel(stormDEKs, 16, func(i int) error {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			enc, err := s.client.Encrypt(ctx, &kmsapi.EncryptRequest{Plaintext: []byte(fmt.Sprintf("dek-seed-%027d", i)), Uid: "storm"})
+			if err != nil {
+				return err
+			}
+			reqs[i] = &kmsapi.DecryptRequest{Ciphertext: enc.Ciphertext, KeyId: enc.KeyId, Annotations: enc.Annotations, Uid: "storm"}
+			return nil
+		}); err != nil {
+			t.Fatalf("prepare the storm's ciphertexts on %s: %v", s.name, err)
+		}
+		return reqs
+	}
+	storm := func(s *server, reqs []*kmsapi.DecryptRequest) (time.Duration, error) {
+		start := time.Now()
+		err := parallel(len(reqs), stormCallers, func(i int) error {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			resp, err := s.client.Decrypt(ctx, reqs[i])
+			if err == nil && string(resp.Plaintext) != fmt.Sprintf("dek-seed-%027d", i) {
+				err = fmt.Errorf("decrypt %d returned the wrong plaintext", i)
+			}
+			return err
+		})
+		return time.Since(start), err
+	}
+	servers := []*server{plugin, flipped, floor}
+	reqs := [][]*kmsapi.DecryptRequest{prepare(plugin), prepare(flipped), prepare(floor)}
+	times := make([][]float64, len(servers))
+	for round := range set.rounds {
+		for j := range servers {
+			i := (round + j) % len(servers)
+			d, err := storm(servers[i], reqs[i])
+			if err != nil {
+				t.Fatalf("storm on %s: %v", servers[i].name, err)
+			}
+			times[i] = append(times[i], d.Seconds())
 		}
 	}
-	benchVaultPool(t, tb, " over TLS", pooled, def, cts, ad)
+	for i, name := range []string{"default", strings.TrimPrefix(label, ", ")} {
+		var ratios []float64
+		for r := range times[i] {
+			ratios = append(ratios, times[2][r]/times[i][r])
+		}
+		lo, hi := minMax(ratios)
+		tb.add(row{
+			Section: "2 vault vs transit floor",
+			Measure: fmt.Sprintf("cold-start storm: %d distinct DEKs, %d in flight (%s)", stormDEKs, stormCallers, name),
+			Value:   fmt.Sprintf("%.2fx [%.2f, %.2f]", median(ratios), lo, hi),
+			Detail:  fmt.Sprintf("%.0f vs %.0f ms to decrypt all (floor's time / plugin's)", 1000*median(times[i]), 1000*median(times[2])),
+		})
+	}
 }
 
-// benchVaultPool compares the provider's HTTP settings with the same
-// client keeping 64 idle connections instead of the SDK default of
-// GOMAXPROCS+1: with fewer idle connections than calls in flight, every
-// surplus call opens a new connection (and, over TLS, a new handshake).
-func benchVaultPool(t *testing.T, tb *table, label string, pooled, direct *api.Client, cts []string, ad []byte) {
-	set := currentSettings()
-	var next atomic.Uint64
-	o := bench.Options{Concurrency: 16, Duration: set.duration, Warmup: set.warmup, PlaintextSize: 32, Timeout: 3 * time.Second}
-	run := func(c *api.Client) func() (bench.Result, error) {
-		return func() (bench.Result, error) {
-			return bench.RunFunc(context.Background(), func(ctx context.Context) error {
-				_, err := directDecrypt(ctx, c, cts[next.Add(1)%poolSize], ad)
-				return err
-			}, o)
-		}
-	}
-	c, err := bench.Compare(set.rounds, run(pooled), run(direct))
-	if err != nil {
+// startVaultPair starts kms-plugin --provider vault (with extra flags)
+// and the transit floor on srv's transit key.
+func startVaultPair(t *testing.T, srv *vaultserver.Server, caCert string, extra ...string) (plugin, floor *server) {
+	pluginBin := testbin.Build(t, "./cmd/kms-plugin")
+	kmsctl := testbin.Build(t, "./cmd/kmsctl")
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "vault-token")
+	if err := os.WriteFile(tokenFile, []byte(srv.RootToken+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	pr, dr := medianResult(c.Target), medianResult(c.Baseline)
+	var tlsArgs []string
+	if caCert != "" {
+		tlsArgs = []string{"--vault-cacert", caCert}
+	}
+	pluginEP := "unix://" + filepath.Join(dir, "plugin.sock")
+	floorEP := "unix://" + filepath.Join(dir, "floor.sock")
+	plugin = startServer(t, "kms-plugin-vault", dir, pluginEP, pluginBin, append([]string{
+		"--provider", "vault", "--vault-addr", srv.Addr, "--vault-mount", transitMount, "--vault-key", transitKey,
+		"--vault-token-file", tokenFile, "--listen", pluginEP, "--health-addr", "", "--log-level", "warn"}, append(tlsArgs, extra...)...)...)
+	floor = startServerEnv(t, "transit-floor", dir, floorEP, []string{"VAULT_TOKEN=" + srv.RootToken}, kmsctl, append([]string{
+		"bench", "transit-floor", "--listen", floorEP, "--vault-addr", srv.Addr, "--vault-mount", transitMount, "--vault-key", transitKey}, tlsArgs...)...)
+	return plugin, floor
+}
+
+// compareVault adds the rows of one operation at one concurrency.
+func compareVault(t *testing.T, tb *table, plugin, floor *server, op bench.Op, conc int, label string) {
+	set := currentSettings()
+	ctx := context.Background()
+	o := bench.Options{Op: op, Concurrency: conc, Duration: set.duration, Warmup: set.warmup, PlaintextSize: 32, Timeout: 3 * time.Second}
+	run := func(s *server) func() (bench.Result, error) {
+		o := o
+		o.PID = s.cmd.Process.Pid
+		return func() (bench.Result, error) {
+			r, err := bench.Run(ctx, s.client, o)
+			if err == nil && r.Errors > 0 {
+				err = fmt.Errorf("%s: %d errors, first: %s", s.name, r.Errors, r.FirstError)
+			}
+			return r, err
+		}
+	}
+	c, err := bench.Compare(set.rounds, run(plugin), run(floor))
+	if err != nil {
+		t.Fatalf("vault %s at concurrency %d%s: %v", op, conc, label, err)
+	}
+	pr, fr := medianResult(c.Target), medianResult(c.Baseline)
+	thr, cpu := c.Ratios["ops_per_sec"], c.Ratios["cpu_per_1000"]
 	tb.add(row{
-		Section: "2 vault vs direct",
-		Measure: "decrypt c=16" + label + ", 64 idle conns / SDK default",
-		Value:   ratioString(c.Ratios["ops_per_sec"]),
-		Detail:  fmt.Sprintf("%.0f vs %.0f ops/s; p99 %s vs %s", pr.OpsPerSec, dr.OpsPerSec, us(pr.P99), us(dr.P99)),
+		Section: "2 vault vs transit floor",
+		Measure: fmt.Sprintf("%s c=%d%s throughput", op, conc, label),
+		Value:   ratioString(thr),
+		Detail:  fmt.Sprintf("%.0f vs %.0f ops/s; p50 %s vs %s, p99 %s vs %s", pr.OpsPerSec, fr.OpsPerSec, us(pr.P50), us(fr.P50), us(pr.P99), us(fr.P99)),
+		Target:  "≥ 0.90x",
+		Meets:   meets(thr.Median >= 0.90),
+	})
+	tb.add(row{
+		Section: "2 vault vs transit floor",
+		Measure: fmt.Sprintf("%s c=%d%s CPU per 1000", op, conc, label),
+		Value:   ratioString(cpu),
+		Detail:  fmt.Sprintf("%.0f vs %.0f CPU-ms per 1000 calls", pr.CPUMsPer1000, fr.CPUMsPer1000),
+		Target:  "≤ 1.15x",
+		Meets:   meets(cpu.Median > 0 && cpu.Median <= 1.15),
 	})
 }
 
@@ -268,78 +293,6 @@ func newVaultProvider(t *testing.T, addr, token string) *vault.Provider {
 	}
 	t.Cleanup(func() { _ = p.Close() })
 	return p
-}
-
-// newDirectClient is a Vault API client with the provider's HTTP settings
-// (providers/vault Config.newAPIClient): the SDK's default pooled
-// transport, no SDK retries, the same timeout.
-//
-// idleConns > 0 overrides the transport's idle connections per host.
-func newDirectClient(t *testing.T, addr, token string, idleConns int) *api.Client {
-	return newDirectTLSClient(t, addr, token, idleConns, "")
-}
-
-// newDirectTLSClient is newDirectClient trusting caCert, if not "".
-func newDirectTLSClient(t *testing.T, addr, token string, idleConns int, caCert string) *api.Client {
-	t.Helper()
-	ac := api.DefaultConfig()
-	if ac.Error != nil {
-		t.Fatal(ac.Error)
-	}
-	if caCert != "" {
-		if err := ac.ConfigureTLS(&api.TLSConfig{CACert: caCert}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if idleConns > 0 {
-		ac.HttpClient.Transport.(*http.Transport).MaxIdleConnsPerHost = idleConns
-	}
-	ac.Address = addr
-	ac.AgentAddress = ""
-	ac.MaxRetries = 0
-	ac.Timeout = 2 * time.Second
-	c, err := api.NewClient(ac)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.ClearNamespace()
-	c.SetToken(token)
-	return c
-}
-
-// transitAD is the associated data the provider sends for aad and keyID
-// (providers/vault associatedData), so both sides send as many bytes.
-func transitAD(aad []byte, keyID string) []byte {
-	out := binary.BigEndian.AppendUint32(nil, uint32(len(aad)))
-	return append(append(out, aad...), keyID...)
-}
-
-func directEncrypt(ctx context.Context, c *api.Client, pt, ad []byte) (string, error) {
-	s, err := c.Logical().WriteWithContext(ctx, transitMount+"/encrypt/"+transitKey, map[string]any{
-		"plaintext":       base64.StdEncoding.EncodeToString(pt),
-		"associated_data": base64.StdEncoding.EncodeToString(ad),
-		"key_version":     1,
-	})
-	if err != nil {
-		return "", err
-	}
-	ct, _ := s.Data["ciphertext"].(string)
-	if ct == "" {
-		return "", errors.New("no ciphertext")
-	}
-	return ct, nil
-}
-
-func directDecrypt(ctx context.Context, c *api.Client, ct string, ad []byte) ([]byte, error) {
-	s, err := c.Logical().WriteWithContext(ctx, transitMount+"/decrypt/"+transitKey, map[string]any{
-		"ciphertext":      ct,
-		"associated_data": base64.StdEncoding.EncodeToString(ad),
-	})
-	if err != nil {
-		return nil, err
-	}
-	pt, _ := s.Data["plaintext"].(string)
-	return base64.StdEncoding.DecodeString(pt)
 }
 
 // countingProxy forwards to Vault and counts every request.
