@@ -174,8 +174,8 @@ func (t *transitHTTP) decryptBatch(ctx context.Context, items []*batchItem) ([]b
 	}
 	// When every item failed, transit answers 400 with the items' errors
 	// in the batch results: that answer is a batch response too.
-	err := t.eps.do(ctx, func(_ int, base string) error {
-		return t.postTo(ctx, base+t.decPath, body.Bytes(), &out, func() bool { return len(out.Data.BatchResults) > 0 })
+	err := t.eps.do(ctx, func(i int, _ string) error {
+		return t.postTo(ctx, t.eps.at(i, t.decPath), body.Bytes(), &out, func() bool { return len(out.Data.BatchResults) > 0 })
 	})
 	if err != nil {
 		for _, r := range out.Data.BatchResults {

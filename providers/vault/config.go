@@ -96,7 +96,9 @@ type Config struct {
 	// DecryptCacheTTL bounds how long a cached plaintext is served.
 	DecryptCacheTTL time.Duration
 	// BatchDecrypt sends Decrypts that queue behind others to transit's
-	// batch_input, several per request.
+	// batch_input, several per request. On by default: under load it
+	// raises Decrypt throughput and lowers CPU on both sides (see
+	// docs/performance.md); a lone call never waits.
 	BatchDecrypt bool
 }
 
@@ -117,6 +119,7 @@ func DefaultConfig() Config {
 		Timeout:         2 * time.Second,
 		RefreshInterval: 30 * time.Second,
 		DecryptCacheTTL: 5 * time.Minute,
+		BatchDecrypt:    true,
 	}
 	if v, err := strconv.ParseBool(os.Getenv(api.EnvVaultSkipVerify)); err == nil {
 		c.TLSSkipVerify = v

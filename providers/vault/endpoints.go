@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/hashicorp/vault/api"
 )
@@ -19,15 +20,35 @@ import (
 // the active one as the provider learns where it is (sys/leader, or a
 // standby's redirect), which saves the hop through a forwarding standby.
 type endpoints struct {
-	urls []string // scheme://host[:port], no trailing slash
-	cur  atomic.Int32
+	urls   []string   // scheme://host[:port], no trailing slash
+	parsed []*url.URL // urls, parsed once
+	cur    atomic.Int32
+	// downUntil holds, per node, when (Unix nanoseconds) a node that
+	// failed may be tried first again; until then calls pass it over
+	// unless every node failed.
+	downUntil []atomic.Int64
 	// moved is poked (without blocking) whenever the current node changes
 	// because one failed, so that the provider looks for the new leader.
 	moved chan struct{}
 }
 
 func newEndpoints(addrs []string) *endpoints {
-	return &endpoints{urls: addrs, moved: make(chan struct{}, 1)}
+	e := &endpoints{urls: addrs, moved: make(chan struct{}, 1), downUntil: make([]atomic.Int64, len(addrs))}
+	for _, a := range addrs {
+		u, err := url.Parse(a)
+		if err != nil { // Config.Validate refuses such an address first
+			u = &url.URL{}
+		}
+		e.parsed = append(e.parsed, u)
+	}
+	return e
+}
+
+// at returns the URL of path on node i.
+func (e *endpoints) at(i int, path string) *url.URL {
+	u := *e.parsed[i]
+	u.Path = path
+	return &u
 }
 
 // current returns the index and URL of the node to use.
@@ -36,9 +57,28 @@ func (e *endpoints) current() (int, string) {
 	return i, e.urls[i]
 }
 
-// failed moves on from node i, unless another call already did.
+// downFor is how long a node that failed is passed over. A node that is
+// gone may cost a connect timeout per try on a real network.
+const downFor = 5 * time.Second
+
+// failed marks node i down and, unless another call already did, moves
+// on to the next node that is not marked down (or simply the next one,
+// when every node is).
 func (e *endpoints) failed(i int) {
-	if len(e.urls) > 1 && e.cur.CompareAndSwap(int32(i), int32((i+1)%len(e.urls))) {
+	n := len(e.urls)
+	if n < 2 {
+		return
+	}
+	now := time.Now().UnixNano()
+	e.downUntil[i].Store(now + int64(downFor))
+	next := (i + 1) % n
+	for k := 1; k < n; k++ {
+		if j := (i + k) % n; e.downUntil[j].Load() <= now {
+			next = j
+			break
+		}
+	}
+	if e.cur.CompareAndSwap(int32(i), int32(next)) {
 		select {
 		case e.moved <- struct{}{}:
 		default:
@@ -49,9 +89,10 @@ func (e *endpoints) failed(i int) {
 // prefer makes the node at u (any URL on it) current, if it is one of the
 // configured nodes, and reports whether it is.
 func (e *endpoints) prefer(u *url.URL) bool {
-	for i, a := range e.urls {
-		if au, err := url.Parse(a); err == nil && strings.EqualFold(au.Scheme, u.Scheme) && strings.EqualFold(au.Host, u.Host) {
+	for i, au := range e.parsed {
+		if strings.EqualFold(au.Scheme, u.Scheme) && strings.EqualFold(au.Host, u.Host) {
 			e.cur.Store(int32(i))
+			e.downUntil[i].Store(0)
 			return true
 		}
 	}

@@ -29,8 +29,9 @@ type Provider struct {
 	cache   *decryptCache
 	now     func() time.Time
 
-	// sf coalesces identical concurrent Decrypts and metadata reads.
-	sf singleflight.Group
+	// sf coalesces concurrent metadata reads, flights identical Decrypts.
+	sf      singleflight.Group
+	flights decryptFlights
 
 	mu      sync.RWMutex
 	meta    *keyMetadata // nil until the first successful read
@@ -222,9 +223,9 @@ func (p *Provider) Decrypt(ctx context.Context, key providers.Key, ciphertext, a
 	if pt, ok := p.cache.get(ck); ok {
 		return pt, nil
 	}
-	ch := p.sf.DoChan("decrypt:"+string(ck[:]), func() (any, error) {
-		// Detached from the first caller's cancellation, so that one
-		// caller giving up does not fail the others waiting on the result.
+	pt, err := p.flights.do(ctx, ck, func() ([]byte, error) {
+		// Detached from this caller's cancellation, so that it giving up
+		// does not fail the others waiting on the result.
 		dctx, cancel := p.detached(ctx)
 		defer cancel()
 		pt, err := p.decrypt(dctx, v, key.ID, ciphertext, aad)
@@ -234,16 +235,14 @@ func (p *Provider) Decrypt(ctx context.Context, key providers.Key, ciphertext, a
 		p.cache.put(ck, v, pt)
 		return pt, nil
 	})
-	select {
-	case r := <-ch:
-		if r.Err != nil {
-			return nil, fmt.Errorf("decrypt with key %s: %w", key.ID, r.Err)
+	if err != nil {
+		if ctx.Err() != nil && errors.Is(err, ctx.Err()) { // gave up waiting for another caller's request
+			return nil, fmt.Errorf("decrypt with key %s: %w: %w", key.ID, providers.ErrUnavailable, err)
 		}
-		// Callers may zero their plaintext; each gets its own copy.
-		return bytes.Clone(r.Val.([]byte)), nil
-	case <-ctx.Done():
-		return nil, fmt.Errorf("decrypt with key %s: %w: %w", key.ID, providers.ErrUnavailable, ctx.Err())
+		return nil, fmt.Errorf("decrypt with key %s: %w", key.ID, err)
 	}
+	// Callers may zero their plaintext; each gets its own copy.
+	return bytes.Clone(pt), nil
 }
 
 func (p *Provider) decrypt(ctx context.Context, v int64, keyID string, ciphertext, aad []byte) ([]byte, error) {

@@ -26,7 +26,11 @@ import (
 // key management). Buffers that held a DEK seed are zeroed before they go
 // back to their pool.
 type transitHTTP struct {
-	hc        *http.Client
+	// rt is called directly, not through an http.Client: the client
+	// copies every request's headers to be ready for redirects, which
+	// transit answers rarely (a standby that does not forward); postTo
+	// follows those itself.
+	rt        http.RoundTripper
 	eps       *endpoints
 	encPath   string // /v1/<mount>/encrypt/<key>
 	decPath   string // /v1/<mount>/decrypt/<key>
@@ -53,24 +57,26 @@ func newTransitHTTP(tr http.RoundTripper, eps *endpoints, mount, key, namespace 
 		decPath:      "/v1/" + mount + "/decrypt/" + url.PathEscape(key),
 		namespace:    namespace,
 	}
-	t.hc = &http.Client{Transport: tr, CheckRedirect: t.checkRedirect}
+	t.rt = tr
 	empty := ""
 	t.token.Store(&empty)
 	return t
 }
 
-// checkRedirect follows a standby's redirect to the active node, and makes
-// that node current when it is one of the configured ones. It never
-// follows https to plain http, which would send the token in the clear.
-func (t *transitHTTP) checkRedirect(req *http.Request, via []*http.Request) error {
-	if len(via) >= maxRedirects {
-		return fmt.Errorf("stopped after %d redirects", maxRedirects)
+// redirectTarget is where a standby's redirect (307 or 308) sends a
+// request: the active node, which becomes current when it is one of the
+// configured ones. It never follows https to plain http, which would send
+// the token in the clear.
+func (t *transitHTTP) redirectTarget(resp *http.Response) (*url.URL, error) {
+	loc, err := resp.Location()
+	if err != nil {
+		return nil, fmt.Errorf("vault answered HTTP %d without a usable Location", resp.StatusCode)
 	}
-	if via[0].URL.Scheme == "https" && req.URL.Scheme != "https" {
-		return errors.New("refused a redirect from https to plain http")
+	if resp.Request.URL.Scheme == "https" && loc.Scheme != "https" {
+		return nil, errors.New("refused a redirect from https to plain http")
 	}
-	t.eps.prefer(req.URL)
-	return nil
+	t.eps.prefer(loc)
+	return loc, nil
 }
 
 func (t *transitHTTP) setToken(token string) { t.token.Store(&token) }
@@ -165,31 +171,59 @@ func (p *base64Bytes) UnmarshalJSON(d []byte) error {
 // post sends body to path on the current node, failing over to the
 // others, and decodes a 2xx answer's JSON into out.
 func (t *transitHTTP) post(ctx context.Context, path string, body []byte, out any) error {
-	return t.eps.do(ctx, func(_ int, base string) error {
-		return t.postTo(ctx, base+path, body, out, nil)
+	return t.eps.do(ctx, func(i int, _ string) error {
+		return t.postTo(ctx, t.eps.at(i, path), body, out, nil)
 	})
 }
 
 // postTo sends body to u and decodes a 2xx answer's JSON into out. When
 // batchFailure is set, a 400 answer is decoded too, and is no error if
 // batchFailure then says it carried batch results.
-func (t *transitHTTP) postTo(ctx context.Context, u string, body []byte, out any, batchFailure func() bool) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(body))
-	if err != nil {
-		return err
+func (t *transitHTTP) postTo(ctx context.Context, target *url.URL, body []byte, out any, batchFailure func() bool) error {
+	for redirects := 0; ; redirects++ {
+		req := (&http.Request{
+			Method:        http.MethodPost,
+			URL:           target,
+			Header:        t.header(),
+			Body:          io.NopCloser(bytes.NewReader(body)),
+			ContentLength: int64(len(body)),
+			Host:          target.Host,
+		}).WithContext(ctx)
+		resp, err := t.rt.RoundTrip(req)
+		if err != nil {
+			return err
+		}
+		if resp.StatusCode == http.StatusTemporaryRedirect || resp.StatusCode == http.StatusPermanentRedirect {
+			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxTransitResponse))
+			resp.Body.Close()
+			if redirects >= maxRedirects {
+				return fmt.Errorf("stopped after %d redirects", maxRedirects)
+			}
+			if target, err = t.redirectTarget(resp); err != nil {
+				return err
+			}
+			continue
+		}
+		return t.read(resp, out, batchFailure)
 	}
-	req.Header = http.Header{
+}
+
+// header is the headers of one transit request.
+func (t *transitHTTP) header() http.Header {
+	h := http.Header{
 		"X-Vault-Token":   {*t.token.Load()},
 		"X-Vault-Request": {"true"},
 		"Content-Type":    {"application/json"},
 	}
 	if t.namespace != "" {
-		req.Header["X-Vault-Namespace"] = []string{t.namespace}
+		h["X-Vault-Namespace"] = []string{t.namespace}
 	}
-	resp, err := t.hc.Do(req)
-	if err != nil {
-		return err
-	}
+	return h
+}
+
+// read decodes a 2xx answer's JSON into out (see postTo for batchFailure)
+// and turns any other answer into an error.
+func (t *transitHTTP) read(resp *http.Response, out any, batchFailure func() bool) error {
 	defer resp.Body.Close()
 	buf := getBuf()
 	defer putBuf(buf)

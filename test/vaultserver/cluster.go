@@ -37,6 +37,13 @@ func StartCluster(t testing.TB, n int) *Cluster {
 				t.Fatalf("initialize vault node0: %v", err)
 			}
 			c.RootToken, c.UnsealKey = s.RootToken, s.UnsealKey
+			// Autopilot promotes a joined node to a voter once it has been
+			// stable this long (10 s by default); until then the cluster
+			// could not elect a leader without node0.
+			if _, err := s.Client(t).Logical().WriteWithContext(ctx, "sys/storage/raft/autopilot/configuration",
+				map[string]any{"server_stabilization_time": "1s"}); err != nil {
+				t.Fatalf("configure autopilot: %v", err)
+			}
 		} else {
 			s.RootToken, s.UnsealKey = c.RootToken, c.UnsealKey
 			client, err := s.newClient("")
@@ -52,7 +59,36 @@ func StartCluster(t testing.TB, n int) *Cluster {
 		}
 		c.Nodes = append(c.Nodes, s)
 	}
+	c.waitVoters(t, 2*time.Minute)
 	return c
+}
+
+// waitVoters waits until every node votes in raft, so that the cluster
+// survives the loss of any one node.
+func (c *Cluster) waitVoters(t testing.TB, timeout time.Duration) {
+	t.Helper()
+	root := c.Nodes[0].Client(t)
+	var last string
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		s, err := root.Logical().Read("sys/storage/raft/configuration")
+		if err != nil || s == nil {
+			last = fmt.Sprint(err)
+			continue
+		}
+		cfg, _ := s.Data["config"].(map[string]any)
+		servers, _ := cfg["servers"].([]any)
+		voters := 0
+		for _, sv := range servers {
+			if m, ok := sv.(map[string]any); ok && m["voter"] == true {
+				voters++
+			}
+		}
+		if voters == len(c.Nodes) {
+			return
+		}
+		last = fmt.Sprintf("%d of %d nodes vote", voters, len(c.Nodes))
+	}
+	t.Fatalf("vault cluster: not every node votes after %s: %s", timeout, last)
 }
 
 // Addrs is every node's address, comma-separated, as --vault-addr takes it.
