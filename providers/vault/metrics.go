@@ -13,7 +13,7 @@ type metrics struct {
 	requests *prometheus.HistogramVec
 	// okObs are the series of successful encrypts and decrypts, resolved
 	// once: a label lookup hashes the values on every call.
-	okObs map[op]prometheus.Observer
+	okObs    map[op]prometheus.Observer
 	logins   *prometheus.CounterVec
 	renewals *prometheus.CounterVec
 }
