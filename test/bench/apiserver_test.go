@@ -51,7 +51,7 @@ func currentAPISizes() apiSizes {
 	if testing.Short() {
 		return apiSizes{create: 300, migrate: 200, cold: 300, coldVersion: 4, coldDEKs: 5}
 	}
-	return apiSizes{create: 2000, migrate: 600, cold: 1000, coldVersion: 20, coldDEKs: 10}
+	return apiSizes{create: 2000, migrate: 600, cold: 1000, coldVersion: 20, coldDEKs: 50}
 }
 
 // apiEnv is one control plane (etcd, kube-apiserver) with two kms-plugins:
