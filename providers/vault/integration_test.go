@@ -60,6 +60,7 @@ func baseConfig(s *vaultserver.Server, key string) Config {
 		Timeout:         2 * time.Second,
 		RefreshInterval: 200 * time.Millisecond,
 		DecryptCacheTTL: time.Minute,
+		BatchDecrypt:    DefaultConfig().BatchDecrypt,
 	}
 	if s.TLS != nil {
 		c.CACert = s.TLS.CACert
@@ -739,6 +740,70 @@ func TestIntegrationConcurrentDecryptsAreCoalesced(t *testing.T) {
 	}
 	if got := proxy.Count("/v1/transit/decrypt/kms") - before; got > 2 || got < 1 {
 		t.Errorf("%d concurrent identical Decrypts made %d Vault decrypt requests, want 1 or 2", n, got)
+	}
+}
+
+// TestIntegrationBatchDecryptOnRealVault fires 300 concurrent Decrypts of
+// distinct ciphertexts, every tenth with the wrong associated data, at a
+// real Vault: each good one must come back with its own plaintext, each bad
+// one must fail as an invalid ciphertext (transit answers such a batch with
+// HTTP 400 and per-item errors), and the burst must take fewer requests
+// than calls.
+func TestIntegrationBatchDecryptOnRealVault(t *testing.T) {
+	s := devVault(t)
+	proxy := vaultserver.NewProxy(t, s.Addr)
+	cfg := baseConfig(s, "kms")
+	cfg.Addr = proxy.URL
+	cfg.RefreshInterval = time.Hour
+	if !cfg.BatchDecrypt {
+		t.Fatal("batch decrypt is not on by default")
+	}
+	p := startProvider(t, cfg, nil)
+	const n = 300
+	type item struct {
+		k   providers.Key
+		ct  []byte
+		pt  string
+		aad []byte
+	}
+	items := make([]item, n)
+	for i := range items {
+		pt := fmt.Sprintf("seed-%03d", i)
+		k, ct := seal(t, p, []byte(pt), []byte("hdr"))
+		aad := []byte("hdr")
+		if i%10 == 0 {
+			aad = []byte("another object's header")
+		}
+		items[i] = item{k, ct, pt, aad}
+	}
+	before := proxy.Count("/v1/transit/decrypt/kms")
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i, it := range items {
+		wg.Go(func() {
+			<-start
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			got, err := p.Decrypt(ctx, it.k, it.ct, it.aad)
+			switch {
+			case i%10 == 0 && !errors.Is(err, providers.ErrInvalidCiphertext):
+				errs <- fmt.Errorf("Decrypt %d with the wrong associated data = %q, %v; want invalid ciphertext", i, got, err)
+			case i%10 != 0 && (err != nil || string(got) != it.pt):
+				errs <- fmt.Errorf("Decrypt %d = %q, %v; want %q", i, got, err, it.pt)
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	reqs := proxy.Count("/v1/transit/decrypt/kms") - before
+	t.Logf("%d concurrent distinct Decrypts made %d Vault decrypt requests", n, reqs)
+	if reqs >= n {
+		t.Errorf("%d concurrent distinct Decrypts made %d Vault requests: none was batched", n, reqs)
 	}
 }
 
