@@ -6,6 +6,8 @@
 package bench
 
 import (
+	"github.com/kms-plugin/kms-plugin/kms/contract"
+
 	"bytes"
 	"context"
 	"encoding/binary"
@@ -63,8 +65,8 @@ func (o Options) Validate() error {
 		return errors.New("duration must be positive")
 	case o.Warmup < 0:
 		return errors.New("warm-up must not be negative")
-	case o.PlaintextSize < 1 || o.PlaintextSize > 1024:
-		return errors.New("plaintext size must be 1 to 1024 bytes")
+	case o.PlaintextSize < 1 || o.PlaintextSize > contract.MaxCiphertextLen:
+		return fmt.Errorf("plaintext size must be 1 to %d bytes", contract.MaxCiphertextLen)
 	case o.Timeout <= 0:
 		return errors.New("timeout must be positive")
 	}
@@ -142,7 +144,7 @@ func RunFunc(ctx context.Context, call func(context.Context) error, o Options) (
 func newCall(ctx context.Context, client kmsapi.KeyManagementServiceClient, o Options) (func(context.Context) error, error) {
 	pts := distinctPlaintexts(inputPool(o.Concurrency), o.PlaintextSize)
 	var next atomic.Uint64
-	pick := func() int { return int(next.Add(1) % uint64(len(pts))) }
+	pick := func() uint64 { return next.Add(1) % uint64(len(pts)) }
 	switch o.Op {
 	case OpStatus:
 		req := &kmsapi.StatusRequest{}

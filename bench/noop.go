@@ -1,6 +1,8 @@
 package bench
 
 import (
+	"github.com/kms-plugin/kms-plugin/kms/contract"
+
 	"context"
 
 	kmsapi "k8s.io/kms/apis/v2"
@@ -20,7 +22,7 @@ const noopKeyID = "noop"
 
 // Status reports a healthy plugin with a fixed key_id.
 func (NoopServer) Status(context.Context, *kmsapi.StatusRequest) (*kmsapi.StatusResponse, error) {
-	return &kmsapi.StatusResponse{Version: "v2", Healthz: "ok", KeyId: noopKeyID}, nil
+	return &kmsapi.StatusResponse{Version: contract.APIVersion, Healthz: contract.HealthzOK, KeyId: noopKeyID}, nil
 }
 
 // Encrypt returns the plaintext unchanged.

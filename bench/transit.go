@@ -1,6 +1,8 @@
 package bench
 
 import (
+	"github.com/kms-plugin/kms-plugin/kms/contract"
+
 	"bytes"
 	"context"
 	"encoding/base64"
@@ -69,7 +71,7 @@ func NewTransitFloor(client *http.Client, addr, mount, key, token string) (*Tran
 // Status reports a healthy plugin with a fixed key_id; like kms-plugin's,
 // it makes no Vault call.
 func (*TransitFloor) Status(context.Context, *kmsapi.StatusRequest) (*kmsapi.StatusResponse, error) {
-	return &kmsapi.StatusResponse{Version: "v2", Healthz: "ok", KeyId: transitFloorKeyID}, nil
+	return &kmsapi.StatusResponse{Version: contract.APIVersion, Healthz: contract.HealthzOK, KeyId: transitFloorKeyID}, nil
 }
 
 // Encrypt is one transit encrypt call; the ciphertext is transit's string.

@@ -1,6 +1,8 @@
 package conformance
 
 import (
+	"github.com/kms-plugin/kms-plugin/kms/contract"
+
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -25,16 +27,16 @@ import (
 // source is k8s.io/apiserver/pkg/storage/value/encrypt/envelope/kmsv2).
 const (
 	// MaxKeyIDLen is the longest key_id the apiserver accepts.
-	MaxKeyIDLen = 1024
+	MaxKeyIDLen = contract.MaxKeyIDLen
 	// MaxCiphertextLen is the longest Encrypt ciphertext it accepts.
-	MaxCiphertextLen = 1024
+	MaxCiphertextLen = contract.MaxCiphertextLen
 	// MaxAnnotationsLen bounds the annotations' keys and values together.
-	MaxAnnotationsLen = 32 * 1024
+	MaxAnnotationsLen = contract.MaxAnnotationsLen
 	// SeedLen is the size of the DEK seed the apiserver encrypts.
 	SeedLen = 32
 
-	apiVersion = "v2"
-	healthzOK  = "ok"
+	apiVersion = contract.APIVersion
+	healthzOK  = contract.HealthzOK
 )
 
 // Options tune a run. The zero value runs the checks as documented.

@@ -8,15 +8,16 @@ import (
 
 	kmsapi "k8s.io/kms/apis/v2"
 
+	"github.com/kms-plugin/kms-plugin/kms/contract"
 	"github.com/kms-plugin/kms-plugin/providers"
 )
 
 // Limits that kube-apiserver checks on every reply (CONTRACT.md).
 const (
-	apiVersion       = "v2"
-	healthzOK        = "ok"
-	maxKeyIDLen      = 1024
-	maxCiphertextLen = 1024
+	apiVersion       = contract.APIVersion
+	healthzOK        = contract.HealthzOK
+	maxKeyIDLen      = contract.MaxKeyIDLen
+	maxCiphertextLen = contract.MaxCiphertextLen
 	// maxPlaintextLen is the largest plaintext whose envelope could still
 	// fit: an envelope has at least a 3-byte header and a 16-byte tag.
 	maxPlaintextLen = maxCiphertextLen - 3 - minSealedLen

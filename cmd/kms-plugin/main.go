@@ -25,6 +25,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/kms-plugin/kms-plugin/kms"
+	"github.com/kms-plugin/kms-plugin/kms/contract"
 	"github.com/kms-plugin/kms-plugin/providers"
 	"github.com/kms-plugin/kms-plugin/providers/local"
 )
@@ -89,7 +90,7 @@ Flags:
 
 // defaultListen is where the plugin serves unless told otherwise; its
 // directory is the only one the plugin creates.
-const defaultListen = "unix:///var/run/kms-plugin/kms.sock"
+const defaultListen = contract.DefaultEndpoint
 
 // options are kms-plugin's own flags; each provider registers its own.
 type options struct {

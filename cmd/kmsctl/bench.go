@@ -124,7 +124,7 @@ The floor is a KMS v2 server over the same gRPC stack that does:
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&endpoint, "endpoint", "unix:///var/run/kms-plugin/kms.sock", "plugin endpoint: unix:///path or unix:///@name")
+	addEndpointFlag(f, &endpoint)
 	f.StringVar(&op, "op", "roundtrip", "operation: encrypt, decrypt, status or roundtrip")
 	f.IntVar(&o.Concurrency, "concurrency", 16, "concurrent callers")
 	f.DurationVar(&o.Duration, "duration", 5*time.Second, "measured time per round")

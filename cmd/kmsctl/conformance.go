@@ -82,7 +82,7 @@ deliberately. See docs/conformance.md for every check and why it matters.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&endpoint, "endpoint", "unix:///var/run/kms-plugin/kms.sock", "plugin endpoint: unix:///path or unix:///@name")
+	addEndpointFlag(cmd.Flags(), &endpoint)
 	cmd.Flags().DurationVar(&opts.Timeout, "timeout", 3*time.Second, "deadline of each call (the apiserver's EncryptionConfiguration timeout)")
 	cmd.Flags().IntVar(&opts.Concurrency, "concurrency", 64, "round trips in flight at once in the concurrent check")
 	cmd.Flags().IntVar(&opts.RoundTrips, "round-trips", 8, "round trips per concurrent worker")

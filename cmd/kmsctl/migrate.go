@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -14,42 +13,9 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/restmapper"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kms-plugin/kms-plugin/rotation/rewrite"
 )
-
-// kubeFlags are kubectl's connection flags.
-type kubeFlags struct {
-	kubeconfig string
-	context    string
-	timeout    time.Duration
-}
-
-func (f *kubeFlags) register(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
-	cmd.Flags().StringVar(&f.context, "context", "", "kubeconfig context (default: the current one)")
-	cmd.Flags().DurationVar(&f.timeout, "request-timeout", 30*time.Second, "timeout of one API request")
-}
-
-// restConfig loads the kubeconfig. Client-side throttling is off: the
-// commands apply their own --qps.
-func (f *kubeFlags) restConfig() (*rest.Config, error) {
-	rules := clientcmd.NewDefaultClientConfigLoadingRules()
-	rules.ExplicitPath = f.kubeconfig
-	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules,
-		&clientcmd.ConfigOverrides{CurrentContext: f.context}).ClientConfig()
-	if clientcmd.IsEmptyConfig(err) {
-		// client-go's own message points at the obsolete KUBERNETES_MASTER.
-		return nil, errors.New("no kubeconfig found: pass --kubeconfig (on a control-plane node, /etc/kubernetes/admin.conf) or set KUBECONFIG")
-	}
-	if err != nil {
-		return nil, fmt.Errorf("load kubeconfig: %w", err)
-	}
-	cfg.QPS, cfg.Burst, cfg.Timeout = -1, 0, f.timeout
-	cfg.UserAgent = "kmsctl"
-	return cfg, nil
-}
 
 // reachAPIServer fails fast, with the address, when kube-apiserver at
 // cfg.Host does not answer within the connect timeout: the clients

@@ -12,6 +12,7 @@ import (
 	kmsapi "k8s.io/kms/apis/v2"
 
 	"github.com/kms-plugin/kms-plugin/kms"
+	"github.com/kms-plugin/kms-plugin/kms/contract"
 	"github.com/kms-plugin/kms-plugin/providers/vault"
 	"github.com/kms-plugin/kms-plugin/rotation"
 	"github.com/kms-plugin/kms-plugin/rotation/audit"
@@ -168,7 +169,7 @@ again. --dry-run prints the plan and changes nothing.`,
 	f.StringVar(&backend, "backend", "local", "where the key lives: local or vault")
 	f.StringSliceVar(&keyrings, "keyring", nil, "local: keyring file of each control-plane node, as this host sees it (repeat or comma-separate)")
 	addVaultFlags(f, &vaultCfg)
-	f.StringSliceVar(&endpoints, "plugin-endpoint", []string{"unix:///var/run/kms-plugin/kms.sock"}, "every kms-plugin that must report the new key_id (repeat for each node)")
+	f.StringSliceVar(&endpoints, "plugin-endpoint", []string{contract.DefaultEndpoint}, "every kms-plugin that must report the new key_id (repeat for each node)")
 	f.StringSliceVar(&apiservers, "apiserver", nil, "every kube-apiserver URL to prove with a canary write (default: the kubeconfig's server); list each one behind a load balancer")
 	f.StringVar(&canaryNS, "canary-namespace", "default", "namespace of the canary Secret")
 	kf.register(cmd)
@@ -224,5 +225,5 @@ func pluginStatus(ctx context.Context, endpoint string) (string, bool, error) {
 	if err != nil {
 		return "", false, fmt.Errorf("status of %s: %w", endpoint, err)
 	}
-	return resp.GetKeyId(), resp.GetHealthz() == "ok" && resp.GetVersion() == "v2", nil
+	return resp.GetKeyId(), resp.GetHealthz() == contract.HealthzOK && resp.GetVersion() == contract.APIVersion, nil
 }

@@ -14,6 +14,7 @@ import (
 	kmsapi "k8s.io/kms/apis/v2"
 
 	"github.com/kms-plugin/kms-plugin/kms"
+	"github.com/kms-plugin/kms-plugin/kms/contract"
 	adminv1 "github.com/kms-plugin/kms-plugin/proto/kmsplugin/admin/v1"
 	"github.com/kms-plugin/kms-plugin/providers"
 )
@@ -133,13 +134,13 @@ Exits non-zero when the call fails or the plugin does not report healthz
 			if err != nil {
 				return err
 			}
-			if res.Healthz != "ok" {
+			if res.Healthz != contract.HealthzOK {
 				return fmt.Errorf("plugin at %s is not healthy", endpoint)
 			}
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&endpoint, "endpoint", "unix:///var/run/kms-plugin/kms.sock", "plugin endpoint: unix:///path or unix:///@name")
+	addEndpointFlag(cmd.Flags(), &endpoint)
 	cmd.Flags().DurationVar(&timeout, "timeout", 3*time.Second, "how long to wait for the reply")
 	addOutputFlag(cmd, &out)
 	return cmd

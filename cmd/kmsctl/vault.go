@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,7 +9,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
 
 	"github.com/kms-plugin/kms-plugin/providers"
 	"github.com/kms-plugin/kms-plugin/providers/vault"
@@ -163,17 +161,6 @@ Load it with: kmsctl vault policy --vault-key K | vault policy write kms-plugin 
 	}
 	cmd.Flags().StringVar(&role, "role", role, "whose policy: plugin or operator")
 	return cmd
-}
-
-// addVaultFlags adds the plugin's --vault-* connection flags to fs, with
-// the plugin-only tuning hidden: kmsctl makes few calls and keeps nothing.
-func addVaultFlags(fs *pflag.FlagSet, cfg *vault.Config) {
-	gofs := flag.NewFlagSet("vault", flag.ContinueOnError)
-	cfg.RegisterFlags(gofs)
-	fs.AddGoFlagSet(gofs)
-	for _, name := range []string{"vault-refresh-interval", "vault-decrypt-cache-size", "vault-decrypt-cache-ttl", "vault-batch-decrypt"} {
-		_ = fs.MarkHidden(name)
-	}
 }
 
 // openVault connects with the command's flags. It falls back to the vault

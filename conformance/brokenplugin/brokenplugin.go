@@ -6,6 +6,8 @@
 package brokenplugin
 
 import (
+	"github.com/kms-plugin/kms-plugin/kms/contract"
+
 	"bytes"
 	"context"
 	"crypto/aes"
@@ -111,7 +113,7 @@ func (s *Server) enter() (func(), error) {
 
 // Status reports the key and health.
 func (s *Server) Status(context.Context, *kmsapi.StatusRequest) (*kmsapi.StatusResponse, error) {
-	resp := &kmsapi.StatusResponse{Version: "v2", Healthz: "ok", KeyId: keyID}
+	resp := &kmsapi.StatusResponse{Version: contract.APIVersion, Healthz: contract.HealthzOK, KeyId: keyID}
 	if s.has(StatusVersionV1) {
 		resp.Version = "v1"
 	}
@@ -188,7 +190,7 @@ func (s *Server) Decrypt(_ context.Context, req *kmsapi.DecryptRequest) (*kmsapi
 		return &kmsapi.DecryptResponse{Plaintext: pt}, nil
 	}
 	ns := s.aead.NonceSize()
-	if len(ct) < ns+s.aead.Overhead() || len(ct) > 1024 {
+	if len(ct) < ns+s.aead.Overhead() || len(ct) > contract.MaxCiphertextLen {
 		if s.has(AcceptsAnything) {
 			return &kmsapi.DecryptResponse{Plaintext: ct}, nil
 		}

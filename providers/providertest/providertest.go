@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kms-plugin/kms-plugin/kms/contract"
 	"github.com/kms-plugin/kms-plugin/providers"
 )
 
@@ -35,8 +36,8 @@ func Run(t *testing.T, newProvider func(t *testing.T) providers.Provider) {
 	t.Run("CurrentKeyIsUsable", func(t *testing.T) {
 		p := fresh(t)
 		k := current(t, p)
-		if k.ID == "" || len(k.ID) > 1024 {
-			t.Errorf("Current().ID has length %d, want 1..1024", len(k.ID))
+		if k.ID == "" || len(k.ID) > contract.MaxKeyIDLen {
+			t.Errorf("Current().ID has length %d, want 1..%d", len(k.ID), contract.MaxKeyIDLen)
 		}
 		if len(k.Ref) == 0 || len(k.Ref) > 64 {
 			t.Errorf("Current().Ref has length %d, want 1..64", len(k.Ref))

@@ -15,6 +15,7 @@ import (
 
 	"github.com/hashicorp/vault/api"
 
+	"github.com/kms-plugin/kms-plugin/kms/contract"
 	"github.com/kms-plugin/kms-plugin/providers"
 )
 
@@ -32,7 +33,7 @@ const (
 const DefaultKubernetesJWTFile = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 // maxKeyIDLen is the apiserver's limit on key_id.
-const maxKeyIDLen = 1024
+const maxKeyIDLen = contract.MaxKeyIDLen
 
 // keyNameRe is the name pattern transit accepts for keys
 // (framework.GenericNameRegex); anything else could never address a key.
