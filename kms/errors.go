@@ -1,8 +1,6 @@
 package kms
 
 import (
-	"context"
-	"errors"
 	"fmt"
 
 	"google.golang.org/grpc/codes"
@@ -18,24 +16,7 @@ func codeOf(err error) codes.Code {
 	if s, ok := status.FromError(err); ok && s.Code() != codes.Unknown {
 		return s.Code()
 	}
-	switch {
-	case errors.Is(err, context.DeadlineExceeded):
-		return codes.DeadlineExceeded
-	case errors.Is(err, context.Canceled):
-		return codes.Canceled
-	case errors.Is(err, providers.ErrInvalidCiphertext), errors.Is(err, providers.ErrInvalidArgument):
-		return codes.InvalidArgument
-	case errors.Is(err, providers.ErrKeyNotFound):
-		return codes.NotFound
-	case errors.Is(err, providers.ErrKeyRetired), errors.Is(err, providers.ErrNotConfigured):
-		return codes.FailedPrecondition
-	case errors.Is(err, providers.ErrPermissionDenied):
-		return codes.PermissionDenied
-	case errors.Is(err, providers.ErrUnavailable):
-		return codes.Unavailable
-	default:
-		return codes.Internal
-	}
+	return providers.Classify(err).Code
 }
 
 // toStatus turns err into a gRPC status error whose message says which

@@ -2,6 +2,7 @@ package kms
 
 import (
 	"context"
+	"github.com/kms-plugin/kms-plugin/providers"
 	"log/slog"
 	"runtime"
 	"time"
@@ -74,7 +75,7 @@ func NewMetrics(reg prometheus.Registerer, provider string) *Metrics {
 	}
 	m.okProviderOf = map[string]prometheus.Observer{}
 	for _, op := range []string{"encrypt", "decrypt", "check"} {
-		m.okProviderOf[op] = m.providerLatency.WithLabelValues(op, "OK")
+		m.okProviderOf[op] = m.providerLatency.WithLabelValues(op, providers.Outcome(nil))
 	}
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "kms_plugin_build_info",
@@ -97,11 +98,7 @@ func (m *Metrics) observeProvider(op string, start time.Time, err error) {
 		o.Observe(d)
 		return
 	}
-	outcome := "OK"
-	if err != nil {
-		outcome = codeOf(err).String()
-	}
-	m.providerLatency.WithLabelValues(op, outcome).Observe(d)
+	m.providerLatency.WithLabelValues(op, providers.Outcome(err)).Observe(d)
 }
 
 // setHealth records a probe's verdict and the current key. Only the health

@@ -131,7 +131,7 @@ func TestPluginServesContract(t *testing.T) {
 		`kms_plugin_requests_total{code="InvalidArgument",method="Decrypt"}`,
 		`kms_plugin_current_key_info{key_id="` + st.KeyId + `"} 1`,
 		`kms_plugin_build_info{`,
-		`kms_plugin_provider_duration_seconds_bucket{operation="decrypt",outcome="OK"`,
+		`kms_plugin_provider_duration_seconds_bucket{operation="decrypt",outcome="ok"`,
 	} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %q", want)

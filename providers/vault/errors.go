@@ -163,25 +163,3 @@ func shortMessage(err error) string {
 	}
 	return s
 }
-
-// outcome is the bounded metrics label for err.
-func outcome(err error) string {
-	switch {
-	case err == nil:
-		return "ok"
-	case errors.Is(err, providers.ErrUnavailable):
-		return "unavailable"
-	case errors.Is(err, providers.ErrPermissionDenied):
-		return "permission_denied"
-	case errors.Is(err, providers.ErrKeyNotFound):
-		return "key_not_found"
-	case errors.Is(err, providers.ErrKeyRetired):
-		return "key_retired"
-	case errors.Is(err, providers.ErrInvalidCiphertext):
-		return "invalid_ciphertext"
-	case errors.Is(err, providers.ErrInvalidArgument):
-		return "invalid_argument"
-	default:
-		return "error"
-	}
-}

@@ -2,6 +2,7 @@ package vault
 
 import (
 	"errors"
+	"github.com/kms-plugin/kms-plugin/providers"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -98,7 +99,7 @@ func (m *metrics) observe(o op, err error, d time.Duration) {
 		obs.Observe(d.Seconds())
 		return
 	}
-	m.requests.WithLabelValues(string(o), outcome(err)).Observe(d.Seconds())
+	m.requests.WithLabelValues(string(o), providers.Outcome(err)).Observe(d.Seconds())
 }
 
 func (m *metrics) login(auth string, err error) {
