@@ -33,6 +33,9 @@ type Backend interface {
 	// Retire makes every version other than keep stop decrypting and
 	// returns the key_ids it retired.
 	Retire(ctx context.Context, keep KeyVersion) ([]string, error)
+	// SinglePhase reports whether Add already makes the new version
+	// encrypt (Vault), so that promote has no reload to wait for.
+	SinglePhase() bool
 }
 
 // LocalBackend is a set of copies of one local keyring, one per
@@ -42,6 +45,10 @@ type LocalBackend struct {
 	Paths []string
 	Now   func() time.Time
 }
+
+// SinglePhase implements Backend: a new keyring version decrypts first and
+// encrypts only once promoted, after every plugin loaded it.
+func (b *LocalBackend) SinglePhase() bool { return false }
 
 // Describe implements Backend.
 func (b *LocalBackend) Describe() string {

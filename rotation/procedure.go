@@ -76,13 +76,6 @@ type Procedure struct {
 	Out io.Writer
 }
 
-// isSinglePhase reports whether b's Add already makes the new version
-// encrypt (Vault), so there is no reload to wait for before promote.
-func isSinglePhase(b Backend) bool {
-	sp, ok := b.(interface{ singlePhase() bool })
-	return ok && sp.singlePhase()
-}
-
 // ErrStopped is returned when StopAfter ended the run early.
 var ErrStopped = errors.New("stopped as asked")
 
@@ -120,7 +113,7 @@ func (p *Procedure) describe(s *State, step Step) string {
 	case StepAdd:
 		return fmt.Sprintf("add a key version after %s to %s, decrypt-only where the backend allows (phase 1)", s.Old.KeyID, p.Backend.Describe())
 	case StepPromote:
-		if isSinglePhase(p.Backend) {
+		if p.Backend.SinglePhase() {
 			return fmt.Sprintf("check that %s is still the backend's current version (it encrypts since add-key)", newID)
 		}
 		return fmt.Sprintf("wait up to %s until every plugin %v reports (admin API) that it has loaded %s with the same key as the keyring files, then make it the encrypting version everywhere (phase 2)", p.PluginTimeout, p.Endpoints, newID)
@@ -224,7 +217,7 @@ func (p *Procedure) Run(ctx context.Context) (err error) {
 		p.printf("Fix the cause, then run the same command again: it resumes at the first step not done.\n")
 	}()
 
-	verifiedNow := false
+	r := &run{Procedure: p, s: s}
 	for i, step := range Steps {
 		if s.Done(step) {
 			continue
@@ -235,7 +228,7 @@ func (p *Procedure) Run(ctx context.Context) (err error) {
 		}
 		p.printf("[%d/%d] %s: %s\n", i+1, len(Steps), step, p.describe(s, step))
 		start := time.Now()
-		note, err := p.runStep(ctx, s, step, &verifiedNow)
+		note, err := r.step(ctx, step)
 		if err != nil {
 			return fmt.Errorf("step %s: %w", step, err)
 		}
@@ -254,120 +247,156 @@ func (p *Procedure) Run(ctx context.Context) (err error) {
 	return nil
 }
 
-func (p *Procedure) runStep(ctx context.Context, s *State, step Step, verifiedNow *bool) (string, error) {
-	switch step {
-	case StepAdd:
-		v, err := p.Backend.Add(ctx, s.Old.Version)
-		if err != nil {
-			return "", err
-		}
-		s.New = &v
-		return "new version " + v.KeyID, nil
+// run is one run of the procedure over its state.
+type run struct {
+	*Procedure
+	s *State
+	// verified is set once verify passed in this run, so that retire
+	// does not verify twice in a row.
+	verified bool
+}
 
-	case StepPromote:
-		if isSinglePhase(p.Backend) {
-			if err := p.Backend.Promote(ctx, *s.New); err != nil {
-				return "", err
-			}
-			return s.New.KeyID + " encrypts", nil
-		}
-		if wait := time.Until(s.Steps[StepAdd].At.Add(p.ReloadGrace)); wait > 0 {
+// step runs one step and returns what it did, for the state and the log.
+func (r *run) step(ctx context.Context, step Step) (string, error) {
+	steps := map[Step]func(context.Context) (string, error){
+		StepAdd:        r.add,
+		StepPromote:    r.promote,
+		StepPlugins:    r.plugins,
+		StepAPIServers: r.apiServers,
+		StepMigrate:    r.migrate,
+		StepVerify:     r.verifyStep,
+		StepRetire:     r.retire,
+	}
+	fn, ok := steps[step]
+	if !ok {
+		return "", fmt.Errorf("unknown step %q", step)
+	}
+	return fn(ctx)
+}
+
+// add adds the new key version (or adopts the one an interrupted run
+// added).
+func (r *run) add(ctx context.Context) (string, error) {
+	v, err := r.Backend.Add(ctx, r.s.Old.Version)
+	if err != nil {
+		return "", err
+	}
+	r.s.New = &v
+	return "new version " + v.KeyID, nil
+}
+
+// promote makes the new version encrypt; for a two-phase backend only
+// once every plugin reports that it loaded it.
+func (r *run) promote(ctx context.Context) (string, error) {
+	if !r.Backend.SinglePhase() {
+		if wait := time.Until(r.s.Steps[StepAdd].At.Add(r.ReloadGrace)); wait > 0 {
 			if err := sleepCtx(ctx, wait); err != nil {
 				return "", err
 			}
 		}
-		if err := p.waitLoaded(ctx, s); err != nil {
+		if err := r.waitLoaded(ctx, r.s); err != nil {
 			return "", err
 		}
-		if err := p.Backend.Promote(ctx, *s.New); err != nil {
-			return "", err
-		}
-		return s.New.KeyID + " encrypts", nil
-
-	case StepPlugins:
-		for _, ep := range p.Endpoints {
-			var last string
-			err := poll(ctx, p.PollInterval, p.PluginTimeout, func(ctx context.Context) (bool, error) {
-				id, healthy, err := p.PluginStatus(ctx, ep)
-				last = fmt.Sprintf("key_id %q, healthy %v, error %v", id, healthy, err)
-				return err == nil && healthy && id == s.New.KeyID, nil
-			})
-			if err != nil {
-				return "", fmt.Errorf("plugin %s: %w (last Status: %s)", ep, err, last)
-			}
-		}
-		return fmt.Sprintf("%d plugins report %s", len(p.Endpoints), s.New.KeyID), nil
-
-	case StepAPIServers:
-		for _, c := range p.Canaries {
-			var last string
-			start := time.Now()
-			err := poll(ctx, p.PollInterval, p.APIServerTimeout, func(ctx context.Context) (bool, error) {
-				cl, err := c.Write(ctx)
-				if err != nil {
-					last = err.Error()
-					return false, nil
-				}
-				last = "canary stored as " + cl.Label()
-				return cl.Type == audit.KMSv2 && cl.KeyID == s.New.KeyID, nil
-			})
-			if err != nil {
-				return "", fmt.Errorf("kube-apiserver %s: %w (last: %s)", c.APIServer, err, last)
-			}
-			p.printf("    %s encrypts with %s (after %s)\n", c.APIServer, s.New.KeyID, time.Since(start).Round(time.Second))
-		}
-		for _, c := range p.Canaries {
-			if err := c.Delete(ctx); err != nil {
-				return "", err
-			}
-		}
-		return fmt.Sprintf("%d kube-apiservers encrypt with %s", len(p.Canaries), s.New.KeyID), nil
-
-	case StepMigrate:
-		results, err := p.Migrate(ctx, p.checkpointDir(s))
-		var parts []string
-		for _, r := range results {
-			parts = append(parts, fmt.Sprintf("%s: %d listed, %d rewritten, %d deleted meanwhile, %d conflicts retried",
-				r.Resource, r.Listed, r.Rewritten, r.Deleted, r.Conflicts))
-		}
-		if err != nil {
-			return "", err
-		}
-		return strings.Join(parts, "; "), nil
-
-	case StepVerify:
-		if err := p.verify(ctx, s); err != nil {
-			return "", err
-		}
-		*verifiedNow = true
-		return "every object is under " + s.New.KeyID, nil
-
-	case StepRetire:
-		if !*verifiedNow {
-			p.printf("    verifying again before retiring anything\n")
-			if err := p.verify(ctx, s); err != nil {
-				return "", err
-			}
-		}
-		ids, err := p.Backend.Retire(ctx, *s.New)
-		if err != nil {
-			return "", err
-		}
-		for _, ep := range p.Endpoints {
-			err := poll(ctx, p.PollInterval, p.PluginTimeout, func(ctx context.Context) (bool, error) {
-				id, healthy, err := p.PluginStatus(ctx, ep)
-				return err == nil && healthy && id == s.New.KeyID, nil
-			})
-			if err != nil {
-				return "", fmt.Errorf("plugin %s after retiring: %w", ep, err)
-			}
-		}
-		if len(ids) == 0 {
-			return "nothing left to retire", nil
-		}
-		return "retired " + strings.Join(ids, ", "), nil
 	}
-	return "", fmt.Errorf("unknown step %q", step)
+	if err := r.Backend.Promote(ctx, *r.s.New); err != nil {
+		return "", err
+	}
+	return r.s.New.KeyID + " encrypts", nil
+}
+
+// plugins waits until every plugin reports the new key_id and is healthy.
+func (r *run) plugins(ctx context.Context) (string, error) {
+	for _, ep := range r.Endpoints {
+		var last string
+		err := poll(ctx, r.PollInterval, r.PluginTimeout, func(ctx context.Context) (bool, error) {
+			id, healthy, err := r.PluginStatus(ctx, ep)
+			last = fmt.Sprintf("key_id %q, healthy %v, error %v", id, healthy, err)
+			return err == nil && healthy && id == r.s.New.KeyID, nil
+		})
+		if err != nil {
+			return "", fmt.Errorf("plugin %s: %w (last Status: %s)", ep, err, last)
+		}
+	}
+	return fmt.Sprintf("%d plugins report %s", len(r.Endpoints), r.s.New.KeyID), nil
+}
+
+// apiServers waits until every kube-apiserver stores a canary under the
+// new key_id, then deletes the canaries.
+func (r *run) apiServers(ctx context.Context) (string, error) {
+	for _, c := range r.Canaries {
+		var last string
+		start := time.Now()
+		err := poll(ctx, r.PollInterval, r.APIServerTimeout, func(ctx context.Context) (bool, error) {
+			cl, err := c.Write(ctx)
+			if err != nil {
+				last = err.Error()
+				return false, nil
+			}
+			last = "canary stored as " + cl.Label()
+			return cl.Type == audit.KMSv2 && cl.KeyID == r.s.New.KeyID, nil
+		})
+		if err != nil {
+			return "", fmt.Errorf("kube-apiserver %s: %w (last: %s)", c.APIServer, err, last)
+		}
+		r.printf("    %s encrypts with %s (after %s)\n", c.APIServer, r.s.New.KeyID, time.Since(start).Round(time.Second))
+	}
+	for _, c := range r.Canaries {
+		if err := c.Delete(ctx); err != nil {
+			return "", err
+		}
+	}
+	return fmt.Sprintf("%d kube-apiservers encrypt with %s", len(r.Canaries), r.s.New.KeyID), nil
+}
+
+// migrate rewrites every stored object of the resources.
+func (r *run) migrate(ctx context.Context) (string, error) {
+	results, err := r.Migrate(ctx, r.checkpointDir(r.s))
+	var parts []string
+	for _, res := range results {
+		parts = append(parts, fmt.Sprintf("%s: %d listed, %d rewritten, %d deleted meanwhile, %d conflicts retried",
+			res.Resource, res.Listed, res.Rewritten, res.Deleted, res.Conflicts))
+	}
+	if err != nil {
+		return "", err
+	}
+	return strings.Join(parts, "; "), nil
+}
+
+// verifyStep proves from etcd that every object is under the new key_id.
+func (r *run) verifyStep(ctx context.Context) (string, error) {
+	if err := r.verify(ctx, r.s); err != nil {
+		return "", err
+	}
+	r.verified = true
+	return "every object is under " + r.s.New.KeyID, nil
+}
+
+// retire verifies again (unless this run just did), retires every other
+// version, and waits until every plugin is healthy on the new key_id.
+func (r *run) retire(ctx context.Context) (string, error) {
+	if !r.verified {
+		r.printf("    verifying again before retiring anything\n")
+		if err := r.verify(ctx, r.s); err != nil {
+			return "", err
+		}
+	}
+	ids, err := r.Backend.Retire(ctx, *r.s.New)
+	if err != nil {
+		return "", err
+	}
+	for _, ep := range r.Endpoints {
+		err := poll(ctx, r.PollInterval, r.PluginTimeout, func(ctx context.Context) (bool, error) {
+			id, healthy, err := r.PluginStatus(ctx, ep)
+			return err == nil && healthy && id == r.s.New.KeyID, nil
+		})
+		if err != nil {
+			return "", fmt.Errorf("plugin %s after retiring: %w", ep, err)
+		}
+	}
+	if len(ids) == 0 {
+		return "nothing left to retire", nil
+	}
+	return "retired " + strings.Join(ids, ", "), nil
 }
 
 // waitLoaded is promote's gate for a two-phase backend: every plugin must

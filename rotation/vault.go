@@ -27,9 +27,9 @@ type VaultBackend struct {
 
 var _ Backend = (*VaultBackend)(nil)
 
-// singlePhase tells the procedure that Add already made the new version
+// SinglePhase implements Backend: Add already made the new version
 // encrypt, so promote has no reload to wait for.
-func (b *VaultBackend) singlePhase() bool { return true }
+func (b *VaultBackend) SinglePhase() bool { return true }
 
 // Describe implements Backend.
 func (b *VaultBackend) Describe() string { return "vault transit key " + b.Name }
