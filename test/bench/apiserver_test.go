@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -73,13 +72,8 @@ func benchAPIServer(t *testing.T, tb *table) {
 }
 
 func startAPIEnv(t *testing.T) *apiEnv {
-	vs := vaultserver.Start(t, vaultserver.Options{})
-	vs.EnableTransit(t, transitMount)
-	vs.CreateKey(t, transitMount, transitKey)
-	tokenFile := filepath.Join(t.TempDir(), "vault-token")
-	if err := os.WriteFile(tokenFile, []byte(vs.RootToken+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	vs := vaultserver.StartTransit(t, vaultserver.Options{}, transitMount, transitKey)
+	tokenFile := vs.TokenFile(t)
 	c := cluster.Start(t, cluster.Options{
 		Plugins: []cluster.PluginSpec{
 			cluster.LocalPlugin(t, localName, "kms.sock"),

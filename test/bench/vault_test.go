@@ -9,7 +9,6 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -43,9 +42,7 @@ const (
 // repeats decrypt at c=16 against a Vault that serves TLS, and counts the
 // Vault requests behind Status, Encrypt and a burst of identical Decrypts.
 func benchVault(t *testing.T, tb *table) {
-	srv := vaultserver.Start(t, vaultserver.Options{})
-	srv.EnableTransit(t, transitMount)
-	srv.CreateKey(t, transitMount, transitKey)
+	srv := vaultserver.StartTransit(t, vaultserver.Options{}, transitMount, transitKey)
 	plugin, floor := startVaultPair(t, srv, "")
 	for _, op := range []bench.Op{bench.OpEncrypt, bench.OpDecrypt} {
 		for _, conc := range []int{1, 16, 64} {
@@ -63,9 +60,7 @@ func benchVault(t *testing.T, tb *table) {
 	}
 	compareStorm(t, tb, plugin, flipped, floor, label)
 
-	tlsSrv := vaultserver.Start(t, vaultserver.Options{TLS: true})
-	tlsSrv.EnableTransit(t, transitMount)
-	tlsSrv.CreateKey(t, transitMount, transitKey)
+	tlsSrv := vaultserver.StartTransit(t, vaultserver.Options{TLS: true}, transitMount, transitKey)
 	tlsPlugin, tlsFloor := startVaultPair(t, tlsSrv, tlsSrv.TLS.CACert)
 	compareVault(t, tb, tlsPlugin, tlsFloor, bench.OpDecrypt, 16, " over TLS")
 	countVaultRequests(t, tb, srv)
@@ -148,10 +143,7 @@ func startVaultPair(t *testing.T, srv *vaultserver.Server, caCert string, extra 
 	pluginBin := testbin.Build(t, "./cmd/kms-plugin")
 	kmsctl := testbin.Build(t, "./cmd/kmsctl")
 	dir := t.TempDir()
-	tokenFile := filepath.Join(dir, "vault-token")
-	if err := os.WriteFile(tokenFile, []byte(srv.RootToken+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	tokenFile := srv.TokenFile(t)
 	var tlsArgs []string
 	if caCert != "" {
 		tlsArgs = []string{"--vault-cacert", caCert}

@@ -59,13 +59,8 @@ func vaultPID(t *testing.T, s *vaultserver.Server) int {
 // not a revocation), and after SIGCONT the plugin must recover by itself
 // with every earlier ciphertext decrypting.
 func TestVaultPausedMidLoad(t *testing.T) {
-	s := vaultserver.Start(t, vaultserver.Options{})
-	s.EnableTransit(t, "transit")
-	s.CreateKey(t, "transit", "kms")
-	tokenFile := filepath.Join(t.TempDir(), "token")
-	if err := os.WriteFile(tokenFile, []byte(s.RootToken), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	s := vaultserver.StartTransit(t, vaultserver.Options{}, "transit", "kms")
+	tokenFile := s.TokenFile(t)
 	p := plugintest.Start(t, "--provider", "vault", "--vault-addr", s.Addr, "--vault-key", "kms",
 		"--vault-token-file", tokenFile, "--vault-timeout", "500ms", "--health-timeout", "1s")
 

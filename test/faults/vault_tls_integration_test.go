@@ -5,8 +5,6 @@ package faults
 import (
 	"context"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -25,13 +23,8 @@ import (
 func TestVaultTLSVerifiedByDefault(t *testing.T) {
 	t.Setenv("VAULT_CACERT", "")
 	t.Setenv("VAULT_SKIP_VERIFY", "")
-	s := vaultserver.Start(t, vaultserver.Options{TLS: true})
-	s.EnableTransit(t, "transit")
-	s.CreateKey(t, "transit", "kms")
-	tokenFile := filepath.Join(t.TempDir(), "token")
-	if err := os.WriteFile(tokenFile, []byte(s.RootToken), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	s := vaultserver.StartTransit(t, vaultserver.Options{TLS: true}, "transit", "kms")
+	tokenFile := s.TokenFile(t)
 	args := []string{"--provider", "vault", "--vault-addr", s.Addr, "--vault-key", "kms", "--vault-token-file", tokenFile, "--vault-timeout", "1s"}
 
 	untrusted := plugintest.Start(t, args...)

@@ -19,9 +19,7 @@ import (
 
 func startVault(t *testing.T) (*vaultserver.Server, *api.Client) {
 	t.Helper()
-	s := vaultserver.Start(t, vaultserver.Options{})
-	s.EnableTransit(t, "transit")
-	s.CreateKey(t, "transit", "kms")
+	s := vaultserver.StartTransit(t, vaultserver.Options{}, "transit", "kms")
 	hcl, err := vault.Policy(vault.RolePlugin, "transit", "kms")
 	if err != nil {
 		t.Fatal(err)

@@ -384,6 +384,28 @@ func (s *Server) Unseal(t testing.TB) {
 	}
 }
 
+// StartTransit starts a server as Start does, mounts the transit engine
+// at mount and creates an aes256-gcm96 key named key in it: what most
+// tests of the Vault provider begin with.
+func StartTransit(t testing.TB, opts Options, mount, key string) *Server {
+	t.Helper()
+	s := Start(t, opts)
+	s.EnableTransit(t, mount)
+	s.CreateKey(t, mount, key)
+	return s
+}
+
+// TokenFile writes the root token to a 0600 file in a new temporary
+// directory and returns its path, for --vault-token-file.
+func (s *Server) TokenFile(t testing.TB) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "vault-token")
+	if err := os.WriteFile(path, []byte(s.RootToken+"\n"), 0o600); err != nil {
+		t.Fatalf("write the vault token file: %v", err)
+	}
+	return path
+}
+
 // EnableTransit mounts the transit engine at mount.
 func (s *Server) EnableTransit(t testing.TB, mount string) {
 	t.Helper()
