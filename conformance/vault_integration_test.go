@@ -3,8 +3,6 @@
 package conformance_test
 
 import (
-	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/kms-plugin/kms-plugin/conformance"
@@ -15,13 +13,8 @@ import (
 // TestKMSPluginVaultConforms runs the kit against the real kms-plugin
 // binary on a real Vault dev server's transit engine.
 func TestKMSPluginVaultConforms(t *testing.T) {
-	s := vaultserver.Start(t, vaultserver.Options{})
-	s.EnableTransit(t, "transit")
-	s.CreateKey(t, "transit", "kms")
-	tokenFile := filepath.Join(t.TempDir(), "token")
-	if err := os.WriteFile(tokenFile, []byte(s.RootToken), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	s := vaultserver.StartTransit(t, vaultserver.Options{}, "transit", "kms")
+	tokenFile := s.TokenFile(t)
 	p := plugintest.Start(t, "--provider", "vault", "--vault-addr", s.Addr, "--vault-key", "kms", "--vault-token-file", tokenFile)
 	rep := run(t, p.Endpoint)
 	if !rep.OK() || len(rep.Results) != len(conformance.Checks) {

@@ -20,10 +20,8 @@ import (
 func TestVaultCommandsAgainstVault(t *testing.T) {
 	// Start Vault before clearVaultEnv moves HOME: the tools cache lives
 	// under the real one.
-	s := vaultserver.Start(t, vaultserver.Options{})
+	s := vaultserver.StartTransit(t, vaultserver.Options{}, "transit", "kms")
 	clearVaultEnv(t)
-	s.EnableTransit(t, "transit")
-	s.CreateKey(t, "transit", "kms")
 	t.Setenv("VAULT_ADDR", s.Addr)
 	t.Setenv("VAULT_TOKEN", s.RootToken)
 

@@ -326,11 +326,3 @@ func (b *apiBackend) FollowLeader(ctx context.Context) (bool, error) {
 	}
 	return b.eps.prefer(u), nil
 }
-
-func dataString(s *api.Secret, field string) (string, bool) {
-	if s == nil || s.Data == nil {
-		return "", false
-	}
-	v, ok := s.Data[field].(string)
-	return v, ok && v != ""
-}

@@ -37,7 +37,10 @@ func newBatchStandIn(t *testing.T, delay time.Duration, batchSupport bool) *batc
 	s.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n := s.inFlight.Add(1)
 		defer s.inFlight.Add(-1)
-		for m := s.maxFlight.Load(); n > m && !s.maxFlight.CompareAndSwap(m, n); m = s.maxFlight.Load() {
+		for m := s.maxFlight.Load(); n > m; m = s.maxFlight.Load() {
+			if s.maxFlight.CompareAndSwap(m, n) {
+				break
+			}
 		}
 		s.requests.Add(1)
 		time.Sleep(delay)

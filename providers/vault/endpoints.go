@@ -22,7 +22,7 @@ import (
 type endpoints struct {
 	urls   []string   // scheme://host[:port], no trailing slash
 	parsed []*url.URL // urls, parsed once
-	cur    atomic.Int32
+	cur    atomic.Int64
 	// downUntil holds, per node, when (Unix nanoseconds) a node that
 	// failed may be tried first again; until then calls pass it over
 	// unless every node failed.
@@ -78,7 +78,7 @@ func (e *endpoints) failed(i int) {
 			break
 		}
 	}
-	if e.cur.CompareAndSwap(int32(i), int32(next)) {
+	if e.cur.CompareAndSwap(int64(i), int64(next)) {
 		select {
 		case e.moved <- struct{}{}:
 		default:
@@ -91,7 +91,7 @@ func (e *endpoints) failed(i int) {
 func (e *endpoints) prefer(u *url.URL) bool {
 	for i, au := range e.parsed {
 		if strings.EqualFold(au.Scheme, u.Scheme) && strings.EqualFold(au.Host, u.Host) {
-			e.cur.Store(int32(i))
+			e.cur.Store(int64(i))
 			e.downUntil[i].Store(0)
 			return true
 		}

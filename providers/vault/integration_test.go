@@ -43,9 +43,7 @@ import (
 // devVault starts a dev server with transit at "transit" and key "kms".
 func devVault(t *testing.T) *vaultserver.Server {
 	t.Helper()
-	s := vaultserver.Start(t, vaultserver.Options{})
-	s.EnableTransit(t, "transit")
-	s.CreateKey(t, "transit", "kms")
+	s := vaultserver.StartTransit(t, vaultserver.Options{}, "transit", "kms")
 	return s
 }
 
@@ -499,9 +497,7 @@ func signES256(t *testing.T, key *ecdsa.PrivateKey, claims map[string]any) strin
 // TestIntegrationTLSAndCertAuth talks HTTPS to a server whose certificate
 // comes from a generated CA and logs in with a TLS client certificate.
 func TestIntegrationTLSAndCertAuth(t *testing.T) {
-	s := vaultserver.Start(t, vaultserver.Options{TLS: true})
-	s.EnableTransit(t, "transit")
-	s.CreateKey(t, "transit", "kms")
+	s := vaultserver.StartTransit(t, vaultserver.Options{TLS: true}, "transit", "kms")
 	policy := pluginPolicy(t, s, "kms")
 	root := s.Client(t)
 	if err := root.Sys().EnableAuthWithOptions("cert", &api.EnableAuthOptions{Type: "cert"}); err != nil {
@@ -543,9 +539,7 @@ func TestIntegrationTLSAndCertAuth(t *testing.T) {
 // Check reports unavailable (not revoked); after a restart everything
 // recovers, key_ids are unchanged, and no decrypt fails.
 func TestIntegrationVaultStoppedMidLoad(t *testing.T) {
-	s := vaultserver.Start(t, vaultserver.Options{FileStorage: true})
-	s.EnableTransit(t, "transit")
-	s.CreateKey(t, "transit", "kms")
+	s := vaultserver.StartTransit(t, vaultserver.Options{FileStorage: true}, "transit", "kms")
 	cfg := baseConfig(s, "kms")
 	cfg.Timeout = 500 * time.Millisecond
 	p := startProvider(t, cfg, nil)
