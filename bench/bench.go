@@ -6,8 +6,6 @@
 package bench
 
 import (
-	"github.com/kms-plugin/kms-plugin/kms/contract"
-
 	"bytes"
 	"context"
 	"encoding/binary"
@@ -19,6 +17,8 @@ import (
 	"time"
 
 	kmsapi "k8s.io/kms/apis/v2"
+
+	"github.com/kms-plugin/kms-plugin/kms/contract"
 )
 
 // Op is the operation a run measures.

@@ -1,11 +1,11 @@
 package bench
 
 import (
-	"github.com/kms-plugin/kms-plugin/kms/contract"
-
 	"context"
 
 	kmsapi "k8s.io/kms/apis/v2"
+
+	"github.com/kms-plugin/kms-plugin/kms/contract"
 )
 
 // NoopServer is a KMS v2 server that does no work: Encrypt returns the

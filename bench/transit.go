@@ -1,8 +1,6 @@
 package bench
 
 import (
-	"github.com/kms-plugin/kms-plugin/kms/contract"
-
 	"bytes"
 	"context"
 	"encoding/base64"
@@ -16,6 +14,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	kmsapi "k8s.io/kms/apis/v2"
+
+	"github.com/kms-plugin/kms-plugin/kms/contract"
 )
 
 // TransitFloor is a KMS v2 server with no logic of its own in front of

@@ -1,8 +1,6 @@
 package conformance
 
 import (
-	"github.com/kms-plugin/kms-plugin/kms/contract"
-
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -21,6 +19,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	kmsapi "k8s.io/kms/apis/v2"
+
+	"github.com/kms-plugin/kms-plugin/kms/contract"
 )
 
 // Limits kube-apiserver checks on every reply (kms/CONTRACT.md; the Go

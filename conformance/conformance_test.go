@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/kms-plugin/kms-plugin/conformance"
-	"github.com/kms-plugin/kms-plugin/conformance/brokenplugin"
 	"github.com/kms-plugin/kms-plugin/kms"
+	"github.com/kms-plugin/kms-plugin/test/brokenplugin"
 	"github.com/kms-plugin/kms-plugin/test/plugintest"
 	"github.com/kms-plugin/kms-plugin/test/testbin"
 )

@@ -2,7 +2,6 @@ package kms
 
 import (
 	"context"
-	"github.com/kms-plugin/kms-plugin/providers"
 	"log/slog"
 	"runtime"
 	"time"
@@ -12,6 +11,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/kms-plugin/kms-plugin/providers"
 )
 
 // Metrics holds the service's Prometheus collectors. Labels are bounded:

@@ -14,9 +14,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kms-plugin/kms-plugin/conformance"
-	"github.com/kms-plugin/kms-plugin/conformance/brokenplugin"
 	"github.com/kms-plugin/kms-plugin/kms"
 	"github.com/kms-plugin/kms-plugin/providers/local"
+	"github.com/kms-plugin/kms-plugin/test/brokenplugin"
 )
 
 // serveLocal runs the real KMS service over a fresh local keyring, in

@@ -8,7 +8,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
-	"github.com/kms-plugin/kms-plugin/conformance/brokenplugin"
+	"github.com/kms-plugin/kms-plugin/test/brokenplugin"
 )
 
 // TestUnknownSubcommandFails: a mistyped subcommand is an error that names

@@ -2,10 +2,11 @@ package vault
 
 import (
 	"errors"
-	"github.com/kms-plugin/kms-plugin/providers"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kms-plugin/kms-plugin/providers"
 )
 
 // metrics are the Vault provider's own series. Labels are bounded: an

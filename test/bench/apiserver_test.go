@@ -23,7 +23,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	kmsservice "k8s.io/kms/pkg/service"
 
-	"github.com/kms-plugin/kms-plugin/test/e2e/cluster"
+	"github.com/kms-plugin/kms-plugin/test/cluster"
 	"github.com/kms-plugin/kms-plugin/test/vaultserver"
 )
 

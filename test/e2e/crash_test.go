@@ -14,7 +14,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/kms-plugin/kms-plugin/test/e2e/cluster"
+	"github.com/kms-plugin/kms-plugin/test/cluster"
 )
 
 // TestPluginCrash SIGKILLs kms-plugin under a steady stream of Secret writes

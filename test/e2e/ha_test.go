@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -20,7 +19,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kmstypes "k8s.io/apiserver/pkg/storage/value/encrypt/envelope/kmsv2/v2"
 
-	"github.com/kms-plugin/kms-plugin/test/e2e/cluster"
+	"github.com/kms-plugin/kms-plugin/test/cluster"
+	"github.com/kms-plugin/kms-plugin/test/testbin"
 )
 
 // TestHAKeySafety runs kmsctl rotate --backend local on a control plane
@@ -63,7 +63,7 @@ func TestHAKeySafety(t *testing.T) {
 	// Admin calls on the KMS socket while the apiservers use it.
 	for _, nd := range h.Nodes {
 		r := e.mustKmsctl(ctx, t, "status", "--endpoint", nd.Endpoint, "-o", "json")
-		if !strings.Contains(r.stdout, `"provider": "local"`) || !strings.Contains(r.stdout, `"check"`) {
+		if !strings.Contains(r.Stdout, `"provider": "local"`) || !strings.Contains(r.Stdout, `"check"`) {
 			t.Errorf("kmsctl status on %s does not show what the plugin loaded:\n%s", nd.Name, r)
 		}
 	}
@@ -77,8 +77,8 @@ func TestHAKeySafety(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := e.kmsctl(ctx, e.rotateArgs(stateDir, "--plugin-timeout", "8s")...)
-	if r.err == nil || !strings.Contains(r.stdout, h.Nodes[2].Endpoint) || !strings.Contains(r.stdout, "hot reload is off") || !strings.Contains(r.stdout, "nothing was promoted") {
-		t.Fatalf("rotate with a plugin that never reloads: %v; want a refusal naming %s and its hot reload\n%s", r.err, h.Nodes[2].Endpoint, r)
+	if r.Err == nil || !strings.Contains(r.Stdout, h.Nodes[2].Endpoint) || !strings.Contains(r.Stdout, "hot reload is off") || !strings.Contains(r.Stdout, "nothing was promoted") {
+		t.Fatalf("rotate with a plugin that never reloads: %v; want a refusal naming %s and its hot reload\n%s", r.Err, h.Nodes[2].Endpoint, r)
 	}
 	e.wantPrimary(t, v1)
 	e.crossRead(ctx, t)
@@ -92,8 +92,8 @@ func TestHAKeySafety(t *testing.T) {
 		t.Fatal(err)
 	}
 	r = e.kmsctl(ctx, e.rotateArgs(stateDir, "--plugin-timeout", "8s")...)
-	if r.err == nil || !strings.Contains(r.stdout, h.Nodes[1].Endpoint) || !strings.Contains(r.stdout, "timed out") || !strings.Contains(r.stdout, "nothing was promoted") {
-		t.Fatalf("rotate with a plugin down: %v; want it to time out naming %s\n%s", r.err, h.Nodes[1].Endpoint, r)
+	if r.Err == nil || !strings.Contains(r.Stdout, h.Nodes[1].Endpoint) || !strings.Contains(r.Stdout, "timed out") || !strings.Contains(r.Stdout, "nothing was promoted") {
+		t.Fatalf("rotate with a plugin down: %v; want it to time out naming %s\n%s", r.Err, h.Nodes[1].Endpoint, r)
 	}
 	e.wantPrimary(t, v1)
 	if err := h.Nodes[1].StartPlugin(ctx); err != nil {
@@ -103,15 +103,15 @@ func TestHAKeySafety(t *testing.T) {
 
 	// (a) the same command, now with --retire, runs to the end.
 	r = e.kmsctl(ctx, e.rotateArgs(stateDir, "--retire")...)
-	if r.err != nil || !strings.Contains(r.stdout, "Resuming") {
-		t.Fatalf("rotate --retire after the plugin came back: %v\n%s", r.err, r)
+	if r.Err != nil || !strings.Contains(r.Stdout, "Resuming") {
+		t.Fatalf("rotate --retire after the plugin came back: %v\n%s", r.Err, r)
 	}
 	for _, nd := range h.Nodes {
-		if !strings.Contains(r.stdout, "plugin "+nd.Endpoint+" has loaded") {
+		if !strings.Contains(r.Stdout, "plugin "+nd.Endpoint+" has loaded") {
 			t.Errorf("rotate promoted without %s reporting the new key:\n%s", nd.Endpoint, r)
 		}
 	}
-	t.Logf("rotate --retire:\n%s", r.stdout)
+	t.Logf("rotate --retire:\n%s", r.Stdout)
 	v2 := e.primaryKeyID(t, h.Nodes[0].Keyring)
 	if v2 == v1 {
 		t.Fatalf("primary is still %s after the rotation", v1)
@@ -135,8 +135,8 @@ func TestHAKeySafety(t *testing.T) {
 	}
 	e.record(t)
 	r = e.kmsctl(ctx, e.rotateArgs(filepath.Join(t.TempDir(), "rotate-2"))...)
-	if r.err == nil || !strings.Contains(r.stdout, h.Nodes[1].Keyring) || !strings.Contains(r.stdout, "diverged") {
-		t.Fatalf("rotate over diverged keyrings: %v; want a refusal naming %s\n%s", r.err, h.Nodes[1].Keyring, r)
+	if r.Err == nil || !strings.Contains(r.Stdout, h.Nodes[1].Keyring) || !strings.Contains(r.Stdout, "diverged") {
+		t.Fatalf("rotate over diverged keyrings: %v; want a refusal naming %s\n%s", r.Err, h.Nodes[1].Keyring, r)
 	}
 	e.wantPrimary(t, v2)
 	e.crossRead(ctx, t)
@@ -210,20 +210,17 @@ func (e *haEnv) rotateArgs(stateDir string, extra ...string) []string {
 }
 
 func (e *haEnv) kmsctl(ctx context.Context, args ...string) kmsctlResult {
-	argv := append(e.h.Kmsctl(), args...)
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
+	r := testbin.Command(ctx, e.h.Kmsctl(), args...)
 	// rotate prints its progress and its refusal on stdout; both streams
 	// are searched together.
-	return kmsctlResult{stdout: stdout.String() + stderr.String(), stderr: stderr.String(), err: err}
+	r.Stdout += r.Stderr
+	return r
 }
 
 func (e *haEnv) mustKmsctl(ctx context.Context, t *testing.T, args ...string) kmsctlResult {
 	t.Helper()
 	r := e.kmsctl(ctx, args...)
-	if r.err != nil {
+	if r.Err != nil {
 		t.Fatalf("%s", r)
 	}
 	return r
@@ -270,7 +267,7 @@ func (e *haEnv) list(t *testing.T, path string) []keyringInfo {
 	t.Helper()
 	r := e.mustKmsctl(context.Background(), t, "keyring", "list", "--keyring", path, "-o", "json")
 	var infos []keyringInfo
-	if err := json.Unmarshal([]byte(r.stdout), &infos); err != nil {
+	if err := json.Unmarshal([]byte(r.Stdout), &infos); err != nil {
 		t.Fatalf("keyring list %s: %v\n%s", path, err, r)
 	}
 	return infos

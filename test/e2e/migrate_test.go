@@ -19,7 +19,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/kms-plugin/kms-plugin/test/e2e/cluster"
+	"github.com/kms-plugin/kms-plugin/test/cluster"
 )
 
 // migrateResult is one entry of kmsctl migrate -o json.
@@ -38,7 +38,7 @@ type migrateResult struct {
 func parseMigrate(t *testing.T, r kmsctlResult) migrateResult {
 	t.Helper()
 	var res []migrateResult
-	if err := json.Unmarshal([]byte(r.stdout), &res); err != nil || len(res) != 1 {
+	if err := json.Unmarshal([]byte(r.Stdout), &res); err != nil || len(res) != 1 {
 		t.Fatalf("parse kmsctl migrate -o json: %v\n%s", err, r)
 	}
 	return res[0]
@@ -95,7 +95,7 @@ func testMigrateResume(ctx context.Context, t *testing.T, e *rotationEnv) {
 	if !res.Resumed || res.Failed != 0 || res.Listed >= v.Total {
 		t.Errorf("resumed migrate = %+v; want resumed, no failures, fewer than the %d objects listed", res, v.Total)
 	}
-	if !strings.Contains(r.stderr, "resuming after") {
+	if !strings.Contains(r.Stderr, "resuming after") {
 		t.Errorf("resumed migrate does not say it resumes:\n%s", r)
 	}
 	if v, ok := e.verify(ctx, t, "--expect-key-id", keyB); !ok {
@@ -104,7 +104,7 @@ func testMigrateResume(ctx context.Context, t *testing.T, e *rotationEnv) {
 
 	// Done means done: a third run does nothing until --restart.
 	r = e.mustKmsctl(ctx, t, e.migrateArgs("--checkpoint-dir", dir, "-o", "json")...)
-	if !strings.Contains(r.stderr, "already done") {
+	if !strings.Contains(r.Stderr, "already done") {
 		t.Errorf("migrate after completion does not say it is done:\n%s", r)
 	}
 }
@@ -194,7 +194,7 @@ func testMigrateConcurrent(ctx context.Context, t *testing.T, e *rotationEnv) {
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("kmsctl migrate under a concurrent writer: %v\n%s\n%s", err, stdout.String(), stderrText.String())
 	}
-	res := parseMigrate(t, kmsctlResult{stdout: stdout.String()})
+	res := parseMigrate(t, kmsctlResult{Stdout: stdout.String()})
 	t.Logf("migrate under a concurrent writer: %+v", res)
 	if res.Failed != 0 || res.Conflicts == 0 || res.Deleted == 0 {
 		t.Errorf("migrate = %+v; want conflicts retried, deletions counted, no failures", res)

@@ -11,7 +11,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/kms-plugin/kms-plugin/test/e2e/cluster"
+	"github.com/kms-plugin/kms-plugin/test/cluster"
 )
 
 // TestMigrationFromIdentity checks the path from an unencrypted cluster:

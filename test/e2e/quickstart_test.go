@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kms-plugin/kms-plugin/test/e2e/cluster"
+	"github.com/kms-plugin/kms-plugin/test/cluster"
 	"github.com/kms-plugin/kms-plugin/test/testbin"
 )
 

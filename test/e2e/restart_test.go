@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kms-plugin/kms-plugin/test/e2e/cluster"
+	"github.com/kms-plugin/kms-plugin/test/cluster"
 )
 
 // TestAPIServerRestart checks that every Secret reads after kube-apiserver

@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -18,7 +17,8 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/kms-plugin/kms-plugin/test/e2e/cluster"
+	"github.com/kms-plugin/kms-plugin/test/cluster"
+	"github.com/kms-plugin/kms-plugin/test/testbin"
 )
 
 // rotationEnv is the one cluster the kmsctl verify, migrate and rotate
@@ -146,31 +146,20 @@ func waitWritesUnder(ctx context.Context, t *testing.T, c *cluster.Cluster, ns, 
 }
 
 // kmsctlResult is one kmsctl run.
-type kmsctlResult struct {
-	stdout, stderr string
-	err            error
-}
-
-func (r kmsctlResult) String() string {
-	return fmt.Sprintf("err=%v\n--- stdout\n%s\n--- stderr\n%s", r.err, r.stdout, r.stderr)
-}
+// kmsctlResult is what one kmsctl run printed and how it ended.
+type kmsctlResult = testbin.Result
 
 // kmsctl runs kmsctl with args and returns what it printed; a non-zero
 // exit is in err, not a test failure.
 func (e *rotationEnv) kmsctl(ctx context.Context, args ...string) kmsctlResult {
-	argv := append(e.c.Kmsctl(), args...)
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	return kmsctlResult{stdout: stdout.String(), stderr: stderr.String(), err: err}
+	return testbin.Command(ctx, e.c.Kmsctl(), args...)
 }
 
 // mustKmsctl runs kmsctl and fails t unless it exits 0.
 func (e *rotationEnv) mustKmsctl(ctx context.Context, t *testing.T, args ...string) kmsctlResult {
 	t.Helper()
 	r := e.kmsctl(ctx, args...)
-	if r.err != nil {
+	if r.Err != nil {
 		t.Fatalf("kmsctl %s: %s", strings.Join(args, " "), r)
 	}
 	return r
@@ -205,13 +194,13 @@ func (e *rotationEnv) verify(ctx context.Context, t *testing.T, extra ...string)
 	t.Helper()
 	r := e.kmsctl(ctx, e.verifyArgs(append(extra, "-o", "json")...)...)
 	var exit *exec.ExitError
-	if r.err != nil && !errors.As(r.err, &exit) {
+	if r.Err != nil && !errors.As(r.Err, &exit) {
 		t.Fatalf("kmsctl verify: %s", r)
 	}
-	if err := json.Unmarshal([]byte(r.stdout), &v); err != nil {
+	if err := json.Unmarshal([]byte(r.Stdout), &v); err != nil {
 		t.Fatalf("parse kmsctl verify -o json: %v\n%s", err, r)
 	}
-	return v, r.err == nil
+	return v, r.Err == nil
 }
 
 // keyringVersions returns the keyring's versions by key_id with their state.
@@ -222,7 +211,7 @@ func (e *rotationEnv) keyringStates(ctx context.Context, t *testing.T) map[strin
 		KeyID string `json:"key_id"`
 		State string `json:"state"`
 	}
-	if err := json.Unmarshal([]byte(r.stdout), &infos); err != nil {
+	if err := json.Unmarshal([]byte(r.Stdout), &infos); err != nil {
 		t.Fatalf("parse keyring list: %v\n%s", err, r)
 	}
 	states := map[string]string{}
@@ -285,7 +274,7 @@ func testRotateStepwise(ctx context.Context, t *testing.T, e *rotationEnv) {
 
 	r := e.mustKmsctl(ctx, t, e.rotateArgs(stateDir, "--dry-run", "--retire")...)
 	for _, want := range []string{"New rotation", "current key: " + keyB, "1. [todo] add-key", "7. [todo] retire"} {
-		if !strings.Contains(r.stdout, want) {
+		if !strings.Contains(r.Stdout, want) {
 			t.Errorf("rotate --dry-run does not print %q:\n%s", want, r)
 		}
 	}
@@ -296,7 +285,7 @@ func testRotateStepwise(ctx context.Context, t *testing.T, e *rotationEnv) {
 	var keyC string
 	for i, step := range []string{"add-key", "promote-key", "wait-plugins", "wait-apiservers", "migrate"} {
 		r := e.mustKmsctl(ctx, t, e.rotateArgs(stateDir, "--stop-after", step)...)
-		if i > 0 && !strings.Contains(r.stdout, "Resuming the rotation") {
+		if i > 0 && !strings.Contains(r.Stdout, "Resuming the rotation") {
 			t.Errorf("rotate after %s does not resume:\n%s", step, r)
 		}
 		s := readRotationState(t, stateDir)
@@ -339,11 +328,11 @@ func testRotateStepwise(ctx context.Context, t *testing.T, e *rotationEnv) {
 		t.Fatal(err)
 	}
 	r = e.kmsctl(ctx, e.rotateArgs(stateDir, "--retire")...)
-	if r.err == nil {
+	if r.Err == nil {
 		t.Fatalf("rotate --retire succeeded with %s still under %s:\n%s", stragglerKey, keyB, r)
 	}
 	for _, want := range []string{"refusing to retire", e.ns + "/straggler", "Nothing was retired"} {
-		if !strings.Contains(r.stdout+r.stderr, want) {
+		if !strings.Contains(r.Stdout+r.Stderr, want) {
 			t.Errorf("refused retire does not say %q:\n%s", want, r)
 		}
 	}
@@ -368,7 +357,7 @@ func testRotateStepwise(ctx context.Context, t *testing.T, e *rotationEnv) {
 
 	// Finished means finished.
 	r = e.mustKmsctl(ctx, t, e.rotateArgs(stateDir, "--retire")...)
-	if !strings.Contains(r.stdout, "is complete") {
+	if !strings.Contains(r.Stdout, "is complete") {
 		t.Errorf("rotate on a finished state does not say it is complete:\n%s", r)
 	}
 }
@@ -381,7 +370,7 @@ func testRotateFull(ctx context.Context, t *testing.T, e *rotationEnv) {
 	stateDir := filepath.Join(t.TempDir(), "rotate")
 	start := time.Now()
 	r := e.mustKmsctl(ctx, t, e.rotateArgs(stateDir, "--retire")...)
-	t.Logf("kmsctl rotate --retire took %s:\n%s", time.Since(start).Round(time.Second), r.stdout)
+	t.Logf("kmsctl rotate --retire took %s:\n%s", time.Since(start).Round(time.Second), r.Stdout)
 	keyD, err := c.KeyID(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -391,7 +380,7 @@ func testRotateFull(ctx context.Context, t *testing.T, e *rotationEnv) {
 	}
 	e.keys = append(e.keys, keyD)
 	r = e.mustKmsctl(ctx, t, e.verifyArgs("--expect-key-id", keyD)...)
-	t.Logf("kmsctl verify --expect-key-id %s:\n%s", keyD, r.stdout)
+	t.Logf("kmsctl verify --expect-key-id %s:\n%s", keyD, r.Stdout)
 	v, _ := e.verify(ctx, t, "--expect-key-id", keyD)
 	if v.Total < int64(e.count) {
 		t.Errorf("verify saw %d Secrets, want at least %d", v.Total, e.count)

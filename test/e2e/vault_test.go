@@ -18,7 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/kms-plugin/kms-plugin/test/e2e/cluster"
+	"github.com/kms-plugin/kms-plugin/test/cluster"
 	"github.com/kms-plugin/kms-plugin/test/testbin"
 	"github.com/kms-plugin/kms-plugin/test/vaultserver"
 )

@@ -47,19 +47,19 @@ func testVerifyDetects(ctx context.Context, t *testing.T, e *rotationEnv) {
 
 	// The table output and the error name the offenders too.
 	r := e.kmsctl(ctx, e.verifyArgs("--expect-key-id", keyB, "--max-offenders", "5000", "--page-size", "100")...)
-	if r.err == nil {
+	if r.Err == nil {
 		t.Fatalf("kmsctl verify (table) exited 0:\n%s", r)
 	}
 	for _, want := range []string{
 		"secrets " + e.plainNS + "/plain (identity (protobuf))",
 		"secrets " + e.ns + "/" + secretName(0) + " (kms-v2 " + e.c.ProviderName + " " + keyA + ")",
 	} {
-		if !strings.Contains(r.stderr, want) {
+		if !strings.Contains(r.Stderr, want) {
 			t.Errorf("kmsctl verify does not name %q:\n%s", want, r)
 		}
 	}
-	if !strings.Contains(r.stdout, "RESOURCE") || !strings.Contains(r.stdout, keyA) {
-		t.Errorf("kmsctl verify table lacks the summary:\n%s", r.stdout)
+	if !strings.Contains(r.Stdout, "RESOURCE") || !strings.Contains(r.Stdout, keyA) {
+		t.Errorf("kmsctl verify table lacks the summary:\n%s", r.Stdout)
 	}
 
 	// Both keys accepted: only the plaintext Secret is left.

@@ -254,12 +254,12 @@ func (p *Plugin) RSS() (int64, error) {
 	return 0, errors.New("no VmRSS in /proc/<pid>/status")
 }
 
-// Kmsctl runs the kmsctl binary built from the working tree and returns its
-// combined output.
+// Kmsctl runs the kmsctl binary built from the working tree and returns
+// what it printed, standard output then standard error.
 func Kmsctl(t testing.TB, args ...string) (string, error) {
 	t.Helper()
-	out, err := exec.Command(testbin.Build(t, "./cmd/kmsctl"), args...).CombinedOutput()
-	return string(out), err
+	r := testbin.Command(context.Background(), []string{testbin.Build(t, "./cmd/kmsctl")}, args...)
+	return r.Stdout + r.Stderr, r.Err
 }
 
 // MustKmsctl is Kmsctl that fails the test on error.

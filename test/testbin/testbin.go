@@ -7,6 +7,7 @@ package testbin
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -107,4 +108,29 @@ func Tool(t testing.TB, tool, binary string) string {
 		t.Fatalf("%s: %v", tool, fmt.Errorf("binary %s missing after build: %w", binary, err))
 	}
 	return p
+}
+
+// Result is what a command printed and how it ended.
+type Result struct {
+	Stdout, Stderr string
+	// Err is the command's failure, such as a non-zero exit
+	// (*exec.ExitError); nil when it exited 0.
+	Err error
+}
+
+func (r Result) String() string {
+	return fmt.Sprintf("err=%v\n--- stdout\n%s\n--- stderr\n%s", r.Err, r.Stdout, r.Stderr)
+}
+
+// Command runs argv (a binary and its first arguments, such as kmsctl with
+// its connection flags) with args and returns what it printed. A non-zero
+// exit is in Result.Err, not a test failure: the one way every harness runs
+// kmsctl.
+func Command(ctx context.Context, argv []string, args ...string) Result {
+	full := append(append([]string{}, argv...), args...)
+	cmd := exec.CommandContext(ctx, full[0], full[1:]...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	return Result{Stdout: stdout.String(), Stderr: stderr.String(), Err: err}
 }

@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -23,6 +22,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kmstypes "k8s.io/apiserver/pkg/storage/value/encrypt/envelope/kmsv2/v2"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/kms-plugin/kms-plugin/test/testbin"
 )
 
 // Cluster is a running control plane with kms-plugin wired in as a KMS v2
@@ -277,15 +278,11 @@ func (p *Plugin) Start(ctx context.Context) error {
 // runKmsctl runs kmsctl (the argv prefix kmsctl) with args and returns its
 // standard output.
 func runKmsctl(ctx context.Context, kmsctl []string, args ...string) ([]byte, error) {
-	argv := append(append([]string{}, kmsctl...), args...)
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return nil, fmt.Errorf("kmsctl %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	r := testbin.Command(ctx, kmsctl, args...)
+	if r.Err != nil {
+		return nil, fmt.Errorf("kmsctl %s: %w: %s", strings.Join(args, " "), r.Err, strings.TrimSpace(r.Stderr))
 	}
-	return out, nil
+	return []byte(r.Stdout), nil
 }
 
 func lastLine(b []byte) string {

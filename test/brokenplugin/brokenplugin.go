@@ -6,8 +6,6 @@
 package brokenplugin
 
 import (
-	"github.com/kms-plugin/kms-plugin/kms/contract"
-
 	"bytes"
 	"context"
 	"crypto/aes"
@@ -25,6 +23,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	kmsapi "k8s.io/kms/apis/v2"
+
+	"github.com/kms-plugin/kms-plugin/kms/contract"
 )
 
 // Fault is one way to break the contract.
