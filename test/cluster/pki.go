@@ -1,20 +1,16 @@
 package cluster
 
 import (
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
-	"time"
+
+	testpki "github.com/kms-plugin/kms-plugin/test/pki"
 )
 
 // pki is the set of credentials a local control plane needs, written as
@@ -34,29 +30,10 @@ type pki struct {
 // newPKI generates a CA, a serving certificate for loopback, an admin client
 // certificate and a service-account key pair into dir.
 func newPKI(dir string) (*pki, error) {
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := testpki.NewCA("kms-plugin-e2e-ca")
 	if err != nil {
-		return nil, fmt.Errorf("generate CA key: %w", err)
+		return nil, err
 	}
-	now := time.Now()
-	caTmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "kms-plugin-e2e-ca"},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
-	if err != nil {
-		return nil, fmt.Errorf("create CA certificate: %w", err)
-	}
-	ca, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		return nil, fmt.Errorf("parse CA certificate: %w", err)
-	}
-
 	p := &pki{
 		CACert:      filepath.Join(dir, "ca.crt"),
 		ServingCert: filepath.Join(dir, "apiserver.crt"),
@@ -65,35 +42,24 @@ func newPKI(dir string) (*pki, error) {
 		AdminKey:    filepath.Join(dir, "admin.key"),
 		SAKey:       filepath.Join(dir, "sa.key"),
 		SAPub:       filepath.Join(dir, "sa.pub"),
+		caPEM:       ca.PEM,
 	}
-	p.caPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})
-	if err := os.WriteFile(p.CACert, p.caPEM, 0o600); err != nil {
+	if err := ca.WriteCert(p.CACert); err != nil {
 		return nil, err
 	}
-
-	serving := &x509.Certificate{
-		SerialNumber: big.NewInt(2),
-		Subject:      pkix.Name{CommonName: "kube-apiserver"},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		DNSNames:     []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv4(10, 96, 0, 1)},
-	}
-	if _, _, err := issue(ca, caKey, serving, p.ServingCert, p.ServingKey); err != nil {
+	if _, _, err := ca.Issue(testpki.Leaf{
+		CommonName: "kube-apiserver",
+		Usage:      x509.ExtKeyUsageServerAuth,
+		DNSNames:   []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"},
+		IPs:        []net.IP{net.IPv4(127, 0, 0, 1), net.IPv4(10, 96, 0, 1)},
+	}, p.ServingCert, p.ServingKey); err != nil {
 		return nil, fmt.Errorf("issue serving certificate: %w", err)
 	}
-
-	admin := &x509.Certificate{
-		SerialNumber: big.NewInt(3),
-		Subject:      pkix.Name{CommonName: "kms-e2e-admin", Organization: []string{"system:masters"}},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	if p.adminCertPEM, p.adminKeyPEM, err = issue(ca, caKey, admin, p.AdminCert, p.AdminKey); err != nil {
+	if p.adminCertPEM, p.adminKeyPEM, err = ca.Issue(testpki.Leaf{
+		CommonName:   "kms-e2e-admin",
+		Organization: []string{"system:masters"},
+		Usage:        x509.ExtKeyUsageClientAuth,
+	}, p.AdminCert, p.AdminKey); err != nil {
 		return nil, fmt.Errorf("issue admin certificate: %w", err)
 	}
 
@@ -101,7 +67,7 @@ func newPKI(dir string) (*pki, error) {
 	if err != nil {
 		return nil, fmt.Errorf("generate service-account key: %w", err)
 	}
-	if err := writeKey(p.SAKey, saKey); err != nil {
+	if _, err := testpki.WriteKey(p.SAKey, saKey); err != nil {
 		return nil, err
 	}
 	pubDER, err := x509.MarshalPKIXPublicKey(saKey.Public())
@@ -112,34 +78,4 @@ func newPKI(dir string) (*pki, error) {
 		return nil, err
 	}
 	return p, nil
-}
-
-// issue signs tmpl with the CA under a fresh P-256 key and writes the
-// certificate and key as PEM.
-func issue(ca *x509.Certificate, caKey crypto.Signer, tmpl *x509.Certificate, certPath, keyPath string) (certPEM, keyPEM []byte, err error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, key.Public(), caKey)
-	if err != nil {
-		return nil, nil, err
-	}
-	certPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	if err := os.WriteFile(certPath, certPEM, 0o600); err != nil {
-		return nil, nil, err
-	}
-	if err := writeKey(keyPath, key); err != nil {
-		return nil, nil, err
-	}
-	keyPEM, err = os.ReadFile(keyPath)
-	return certPEM, keyPEM, err
-}
-
-func writeKey(path string, key crypto.Signer) error {
-	der, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return fmt.Errorf("marshal key: %w", err)
-	}
-	return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600)
 }

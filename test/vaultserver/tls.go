@@ -1,17 +1,11 @@
 package vaultserver
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"net"
-	"os"
 	"path/filepath"
-	"time"
+
+	"github.com/kms-plugin/kms-plugin/test/pki"
 )
 
 // TLSFiles are PEM files made by a throwaway CA: the server's certificate
@@ -27,25 +21,7 @@ type TLSFiles struct {
 }
 
 func generateTLS(dir string) (*TLSFiles, error) {
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	now := time.Now()
-	caTmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "kms-plugin test CA"},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		return nil, err
-	}
-	ca, err := x509.ParseCertificate(caDER)
+	ca, err := pki.NewCA("kms-plugin test CA")
 	if err != nil {
 		return nil, err
 	}
@@ -55,45 +31,16 @@ func generateTLS(dir string) (*TLSFiles, error) {
 		ServerKey:  filepath.Join(dir, "server-key.pem"),
 		ClientCert: filepath.Join(dir, "client.pem"),
 		ClientKey:  filepath.Join(dir, "client-key.pem"),
-		CAPEM:      pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
+		CAPEM:      ca.PEM,
 	}
-	if err := os.WriteFile(f.CACert, f.CAPEM, 0o600); err != nil {
+	if err := ca.WriteCert(f.CACert); err != nil {
 		return nil, err
 	}
-	leaf := func(serial int64, cn string, usage x509.ExtKeyUsage, certPath, keyPath string, server bool) error {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			return err
-		}
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(serial),
-			Subject:      pkix.Name{CommonName: cn},
-			NotBefore:    now.Add(-time.Hour),
-			NotAfter:     now.Add(24 * time.Hour),
-			KeyUsage:     x509.KeyUsageDigitalSignature,
-			ExtKeyUsage:  []x509.ExtKeyUsage{usage},
-		}
-		if server {
-			tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
-			tmpl.DNSNames = []string{"localhost"}
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-		if err != nil {
-			return err
-		}
-		keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-		if err != nil {
-			return err
-		}
-		if err := os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-			return err
-		}
-		return os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600)
-	}
-	if err := leaf(2, "127.0.0.1", x509.ExtKeyUsageServerAuth, f.ServerCert, f.ServerKey, true); err != nil {
+	if _, _, err := ca.Issue(pki.Leaf{CommonName: "127.0.0.1", Usage: x509.ExtKeyUsageServerAuth,
+		DNSNames: []string{"localhost"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}}, f.ServerCert, f.ServerKey); err != nil {
 		return nil, err
 	}
-	if err := leaf(3, "kms-plugin", x509.ExtKeyUsageClientAuth, f.ClientCert, f.ClientKey, false); err != nil {
+	if _, _, err := ca.Issue(pki.Leaf{CommonName: "kms-plugin", Usage: x509.ExtKeyUsageClientAuth}, f.ClientCert, f.ClientKey); err != nil {
 		return nil, err
 	}
 	return f, nil
