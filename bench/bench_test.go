@@ -24,7 +24,7 @@ import (
 	kmsapi "k8s.io/kms/apis/v2"
 
 	"github.com/kms-plugin/kms-plugin/kms"
-	"github.com/kms-plugin/kms-plugin/providers/local"
+	"github.com/kms-plugin/kms-plugin/providers/local/localtest"
 )
 
 func serve(t *testing.T, srv kmsapi.KeyManagementServiceServer) kmsapi.KeyManagementServiceClient {
@@ -312,19 +312,7 @@ func BenchmarkSocketRoundTrip(b *testing.B) {
 }
 
 func localServer(b *testing.B) *grpc.Server {
-	path := filepath.Join(b.TempDir(), "keyring.json")
-	k, err := local.New(time.Now())
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := local.Create(path, k); err != nil {
-		b.Fatal(err)
-	}
-	p, err := local.Open(path, 0, nil, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = p.Close() })
+	p, _ := localtest.Open(b, nil)
 	// As kms.Serve wires it: metrics on a registry, an info-level logger.
 	m := kms.NewMetrics(prometheus.NewRegistry(), "local")
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +13,7 @@ import (
 	kmsapi "k8s.io/kms/apis/v2"
 
 	"github.com/kms-plugin/kms-plugin/providers/local"
+	"github.com/kms-plugin/kms-plugin/providers/local/localtest"
 )
 
 type goldenVector struct {
@@ -57,23 +57,14 @@ func TestWriteGolden(t *testing.T) {
 	if os.Getenv("KMS_PLUGIN_WRITE_GOLDEN") == "" {
 		t.Skip("set KMS_PLUGIN_WRITE_GOLDEN=1 to regenerate testdata (new formats only)")
 	}
-	dir := t.TempDir()
-	path := filepath.Join(dir, "keyring.json")
-	k, err := local.New(time.Date(2026, 11, 25, 0, 0, 0, 0, time.UTC))
+	k, err := local.NewKeyring(time.Date(2026, 11, 25, 0, 0, 0, 0, time.UTC))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := k.Rotate(time.Date(2026, 11, 26, 0, 0, 0, 0, time.UTC)); err != nil {
 		t.Fatal(err)
 	}
-	if err := local.Create(path, k); err != nil {
-		t.Fatal(err)
-	}
-	p, err := local.Open(path, 0, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p, path := localtest.Open(t, k)
 	s := newServer(t, p)
 	var b strings.Builder
 	b.WriteString("# key_id plaintext ciphertext (hex), envelope format v1, keyring format 2\n")

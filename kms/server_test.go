@@ -19,6 +19,7 @@ import (
 
 	"github.com/kms-plugin/kms-plugin/providers"
 	"github.com/kms-plugin/kms-plugin/providers/local"
+	"github.com/kms-plugin/kms-plugin/providers/local/localtest"
 )
 
 // fakeProvider is a provider whose behaviour each test sets.
@@ -53,13 +54,7 @@ func okFake() *fakeProvider {
 // newLocalServer returns a Server over a fresh local keyring.
 func newLocalServer(t testing.TB) (*Server, *local.Provider, string) {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "keyring.json")
-	k, err := local.New(time.Now())
-	require.NoError(t, err, "local.New")
-	require.NoError(t, local.Create(path, k), "local.Create")
-	p, err := local.Open(path, 0, nil, nil)
-	require.NoError(t, err, "local.Open")
-	t.Cleanup(func() { _ = p.Close() })
+	p, path := localtest.Open(t, nil)
 	return newServer(t, p), p, path
 }
 

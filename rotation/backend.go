@@ -64,7 +64,7 @@ func (b *LocalBackend) Current(context.Context) (KeyVersion, error) {
 	var cur KeyVersion
 	var first *local.Keyring
 	for i, p := range b.Paths {
-		k, err := local.Read(p)
+		k, err := local.LoadAsOperator(p)
 		if err != nil {
 			return KeyVersion{}, err
 		}
@@ -93,7 +93,7 @@ func (b *LocalBackend) Keys(ctx context.Context) ([]providers.KeyInfo, error) {
 	if _, err := b.Current(ctx); err != nil {
 		return nil, err
 	}
-	k, err := local.Read(b.Paths[0])
+	k, err := local.LoadAsOperator(b.Paths[0])
 	if err != nil {
 		return nil, err
 	}

@@ -19,7 +19,7 @@ import (
 // newKeyrings writes n copies of one new keyring and returns their paths.
 func newKeyrings(t *testing.T, n int) []string {
 	t.Helper()
-	k, err := local.New(time.Now())
+	k, err := local.NewKeyring(time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

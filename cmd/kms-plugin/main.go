@@ -287,7 +287,7 @@ func setUpDev(o *options, lf *local.Factory, log *slog.Logger) error {
 		return fmt.Errorf("create state directory: %w", err)
 	}
 	if _, err := os.Stat(lf.Config.Keyring); errors.Is(err, os.ErrNotExist) {
-		k, err := local.New(time.Now())
+		k, err := local.NewKeyring(time.Now())
 		if err != nil {
 			return err
 		}

@@ -15,7 +15,7 @@ import (
 
 	"github.com/kms-plugin/kms-plugin/conformance"
 	"github.com/kms-plugin/kms-plugin/kms"
-	"github.com/kms-plugin/kms-plugin/providers/local"
+	"github.com/kms-plugin/kms-plugin/providers/local/localtest"
 	"github.com/kms-plugin/kms-plugin/test/brokenplugin"
 )
 
@@ -28,19 +28,7 @@ func serveLocal(t *testing.T) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	path := filepath.Join(dir, "keyring.json")
-	k, err := local.New(time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := local.Create(path, k); err != nil {
-		t.Fatal(err)
-	}
-	p, err := local.Open(path, 0, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = p.Close() })
+	p, _ := localtest.Open(t, nil)
 	ep, err := kms.ParseEndpoint("unix://" + filepath.Join(dir, "kms.sock"))
 	if err != nil {
 		t.Fatal(err)

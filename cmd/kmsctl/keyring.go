@@ -48,7 +48,7 @@ check value, so two different keys never share a key_id.`,
 		Short: "Create a keyring with one primary version (mode 0600); never overwrites",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			k, err := local.New(time.Now())
+			k, err := local.NewKeyring(time.Now())
 			if err != nil {
 				return err
 			}
@@ -181,7 +181,7 @@ func newKeyringListCmd(path *string) *cobra.Command {
 		Short: "List versions, states, creation times and key_ids (never key bytes)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			k, err := local.Read(*path)
+			k, err := local.LoadAsOperator(*path)
 			if err != nil {
 				return err
 			}

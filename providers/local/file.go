@@ -38,10 +38,10 @@ func Load(path string) (*Keyring, error) {
 	return k, err
 }
 
-// Read loads the keyring at path for an operator's tool. It checks the mode
+// LoadAsOperator loads the keyring at path for an operator's tool. It checks the mode
 // as Load does, but lets root read and change a keyring owned by the
 // plugin's user.
-func Read(path string) (*Keyring, error) {
+func LoadAsOperator(path string) (*Keyring, error) {
 	k, _, err := load(path, os.Geteuid() == 0)
 	return k, err
 }
@@ -155,7 +155,7 @@ func Update(path string, change func(*Keyring) error) (*Keyring, error) {
 	}
 	var out *Keyring
 	err = withLock(resolved, func() error {
-		k, err := Read(resolved)
+		k, err := LoadAsOperator(resolved)
 		if err != nil {
 			return err
 		}

@@ -35,7 +35,7 @@ func TestUpdateThroughSymlink(t *testing.T) {
 	if fi, err := os.Lstat(link); err != nil || fi.Mode().Type() != os.ModeSymlink {
 		t.Fatalf("after Update the link is %v, %v; want it still a symbolic link", fi, err)
 	}
-	k, err := Read(real)
+	k, err := LoadAsOperator(real)
 	if err != nil || len(k.Versions) != 2 {
 		t.Fatalf("the real keyring after Update through the link: %v, %v; want 2 versions", k, err)
 	}
@@ -89,7 +89,7 @@ func TestUpdatesThroughLinkAndRealPathSerialize(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	k, err := Read(real)
+	k, err := LoadAsOperator(real)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,10 +121,10 @@ func TestModeAdviceOnlyForKeyrings(t *testing.T) {
 	if err := os.Chmod(ring, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Read(other); err == nil || !strings.Contains(err.Error(), "is not a kms-plugin keyring") || strings.Contains(err.Error(), "chmod") {
-		t.Errorf("Read(a 0644 non-keyring) = %v, want 'not a kms-plugin keyring' and no chmod advice", err)
+	if _, err := LoadAsOperator(other); err == nil || !strings.Contains(err.Error(), "is not a kms-plugin keyring") || strings.Contains(err.Error(), "chmod") {
+		t.Errorf("LoadAsOperator(a 0644 non-keyring) = %v, want 'not a kms-plugin keyring' and no chmod advice", err)
 	}
-	if _, err := Read(ring); err == nil || !strings.Contains(err.Error(), "chmod 600") {
-		t.Errorf("Read(a 0644 keyring) = %v, want the chmod advice", err)
+	if _, err := LoadAsOperator(ring); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+		t.Errorf("LoadAsOperator(a 0644 keyring) = %v, want the chmod advice", err)
 	}
 }

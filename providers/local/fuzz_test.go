@@ -11,7 +11,7 @@ import (
 // panic, and whatever it accepts must be a valid keyring that marshals back
 // to something that parses to the same keyring.
 func FuzzParse(f *testing.F) {
-	k, err := New(time.Unix(1700000000, 0))
+	k, err := NewKeyring(time.Unix(1700000000, 0))
 	if err != nil {
 		f.Fatal(err)
 	}

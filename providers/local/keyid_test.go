@@ -14,7 +14,7 @@ import (
 // different keys under one key_id, and checks that the key_ids differ.
 func TestKeyIDNamesTheKey(t *testing.T) {
 	now := time.Now()
-	base, err := New(now)
+	base, err := NewKeyring(now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +65,7 @@ func TestKeyIDNamesTheKey(t *testing.T) {
 	}
 
 	// Re-init: a new keyring.
-	other, err := New(now)
+	other, err := NewKeyring(now)
 	if err != nil {
 		t.Fatal(err)
 	}

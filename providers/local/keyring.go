@@ -94,8 +94,8 @@ type Version struct {
 	Key     []byte             `json:"key,omitempty"`
 }
 
-// New returns a keyring with a fresh random id and one primary version.
-func New(now time.Time) (*Keyring, error) {
+// NewKeyring returns a keyring with a fresh random id and one primary version.
+func NewKeyring(now time.Time) (*Keyring, error) {
 	id := make([]byte, idBytes)
 	if _, err := rand.Read(id); err != nil {
 		return nil, fmt.Errorf("generate keyring id: %w", err)

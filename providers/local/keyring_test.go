@@ -16,7 +16,7 @@ import (
 )
 
 func TestParseRejectsBadFiles(t *testing.T) {
-	k, err := New(time.Unix(1700000000, 0))
+	k, err := NewKeyring(time.Unix(1700000000, 0))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +61,7 @@ func TestParseRejectsBadFiles(t *testing.T) {
 }
 
 func TestKeyringOperations(t *testing.T) {
-	k, err := New(time.Now())
+	k, err := NewKeyring(time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +93,7 @@ func TestKeyringOperations(t *testing.T) {
 	if got, want := k.KeyID(2), "local:"+k.ID+":v2:"+k.Find(2).Check; got != want {
 		t.Errorf("KeyID(2) = %q, want %q", got, want)
 	}
-	other, _ := New(time.Now())
+	other, _ := NewKeyring(time.Now())
 	if other.ID == k.ID {
 		t.Errorf("two keyrings share id %q: key_ids would repeat", k.ID)
 	}
@@ -151,7 +151,7 @@ func TestLoadChecksModeAndOwner(t *testing.T) {
 func TestCreateRefusesOverwrite(t *testing.T) {
 	path := newKeyringFile(t)
 	before, _ := os.ReadFile(path)
-	k, _ := New(time.Now())
+	k, _ := NewKeyring(time.Now())
 	if err := Create(path, k); err == nil {
 		t.Fatalf("Create over an existing keyring succeeded")
 	}
@@ -221,7 +221,7 @@ func TestReload(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	other, _ := New(time.Now())
+	other, _ := NewKeyring(time.Now())
 	otherBytes, _ := other.Marshal()
 	cases := map[string]struct {
 		content []byte
@@ -343,7 +343,7 @@ func TestUpdateKeepsOwner(t *testing.T) {
 	if st.Uid != 65532 || st.Gid != 65532 || fi.Mode().Perm() != 0o600 {
 		t.Errorf("after Update by root: owner %d:%d mode %#o, want 65532:65532 0600", st.Uid, st.Gid, fi.Mode().Perm())
 	}
-	if _, err := Read(path); err != nil {
+	if _, err := LoadAsOperator(path); err != nil {
 		t.Errorf("Read as root of a keyring owned by the plugin's user = %v", err)
 	}
 	if _, err := Load(path); err == nil {
@@ -375,7 +375,7 @@ func TestPruneReloadsAndForgetsTheKey(t *testing.T) {
 	if _, err := p.Decrypt(ctx, k1, ct, nil); !errors.Is(err, providers.ErrKeyNotFound) {
 		t.Errorf("Decrypt under a pruned version = %v, want ErrKeyNotFound", err)
 	}
-	k, _ := Read(path)
+	k, _ := LoadAsOperator(path)
 	if v := k.Find(1); v == nil || v.State != providers.StatePruned || v.Key != nil || v.Check == "" {
 		t.Errorf("version 1 after prune = %+v, want a tombstone: pruned, no key, its check kept", v)
 	}

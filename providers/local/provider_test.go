@@ -13,7 +13,7 @@ import (
 func newKeyringFile(t *testing.T) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "keyring.json")
-	k, err := New(time.Now())
+	k, err := NewKeyring(time.Now())
 	if err != nil {
 		t.Fatalf("New() = %v", err)
 	}
