@@ -7,9 +7,9 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	kmsapi "k8s.io/kms/apis/v2"
 
 	"github.com/kms-plugin/kms-plugin/kms"
 	"github.com/kms-plugin/kms-plugin/kms/contract"
@@ -19,23 +19,27 @@ import (
 	"github.com/kms-plugin/kms-plugin/rotation/rewrite"
 )
 
+// rotateFlags are kmsctl rotate's flags; its methods build the rotation
+// procedure from them.
+type rotateFlags struct {
+	backend    string
+	keyrings   []string
+	vaultCfg   vault.Config
+	endpoints  []string
+	apiservers []string
+	canaryNS   string
+	kf         kubeFlags
+	ef         etcdFlags
+	rf         resourceFlags
+	rwOpts     rewrite.Options
+	proc       rotation.Procedure
+	stopAfter  string
+	dryRun     bool
+	out        output
+}
+
 func newRotateCmd() *cobra.Command {
-	var (
-		backend    string
-		keyrings   []string
-		vaultCfg   = vault.DefaultConfig()
-		endpoints  []string
-		apiservers []string
-		canaryNS   string
-		kf         kubeFlags
-		ef         etcdFlags
-		rf         resourceFlags
-		rwOpts     rewrite.Options
-		proc       rotation.Procedure
-		stopAfter  string
-		dryRun     bool
-		out        output
-	)
+	r := &rotateFlags{vaultCfg: vault.DefaultConfig()}
 	cmd := &cobra.Command{
 		Use:   "rotate",
 		Short: "Rotate the key end to end: new key everywhere, wait, migrate, verify, retire",
@@ -64,128 +68,155 @@ a failure, run the same command again and it resumes at the first step not
 done. A failed verify never retires anything, and makes the next run migrate
 again. --dry-run prints the plan and changes nothing.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx := cmd.Context()
-			var err error
-			if proc.StopAfter, err = rotation.ParseStep(stopAfter); err != nil {
-				return err
-			}
-			if proc.Resources, err = rf.list(); err != nil {
-				return err
-			}
-			proc.Out = cmd.OutOrStdout()
-			if out.structured() {
-				if dryRun {
-					return errors.New("--dry-run prints a plan for people: drop -o")
-				}
-				// Progress to stderr; stdout gets the state, as a program
-				// reads it, however the run ends.
-				proc.Out = cmd.ErrOrStderr()
-				defer func() {
-					if s, ok, err := rotation.LoadState(proc.StateDir); err == nil && ok {
-						_ = printData(cmd.OutOrStdout(), out, s)
-					}
-				}()
-			}
-			proc.Endpoints = endpoints
-			proc.PluginStatus = pluginStatus
-			proc.PluginLoaded = pluginLoaded
-
-			switch backend {
-			case "local":
-				if len(keyrings) == 0 {
-					return errors.New("--backend local needs --keyring (repeat it for each control-plane node's copy)")
-				}
-				proc.Backend = &rotation.LocalBackend{Paths: keyrings}
-			case "vault":
-				p, err := openVault(cmd, vaultCfg)
-				if err != nil {
-					return err
-				}
-				defer p.Close()
-				proc.Backend = &rotation.VaultBackend{Key: p, Name: vaultCfg.Mount + "/" + vaultCfg.Key}
-			default:
-				return fmt.Errorf("--backend %q: want local or vault", backend)
-			}
-
-			etcd, err := ef.client()
-			if err != nil {
-				return err
-			}
-			defer etcd.Close()
-			cfg, err := kf.restConfig()
-			if err != nil {
-				return err
-			}
-			if len(apiservers) == 0 {
-				apiservers = []string{cfg.Host}
-			}
-			for i, url := range apiservers {
-				c := rest.CopyConfig(cfg)
-				c.Host = url
-				if !dryRun {
-					if err := reachAPIServer(c); err != nil {
-						return err
-					}
-				}
-				cs, err := kubernetes.NewForConfig(c)
-				if err != nil {
-					return fmt.Errorf("kubernetes client for %s: %w", url, err)
-				}
-				name := "kmsctl-rotation-canary"
-				if len(apiservers) > 1 {
-					name = fmt.Sprintf("%s-%d", name, i)
-				}
-				proc.Canaries = append(proc.Canaries, &rotation.Canary{
-					APIServer: url, Client: cs, Namespace: canaryNS, Name: name, Etcd: etcd, EtcdPrefix: ef.prefix,
-				})
-			}
-			if dryRun {
-				return proc.Plan(ctx)
-			}
-
-			dyn, mapper, err := apiClients(cfg)
-			if err != nil {
-				return err
-			}
-			proc.Migrate = func(ctx context.Context, dir string) ([]rewrite.Result, error) {
-				o := rwOpts
-				o.CheckpointDir, o.Log, o.Progress = dir, cmd.ErrOrStderr(), cmd.ErrOrStderr()
-				return rewrite.Run(ctx, dyn, mapper, proc.Resources, o)
-			}
-			proc.Verify = func(ctx context.Context, expect audit.Expect) (audit.Report, error) {
-				return audit.Scan(ctx, etcd, audit.Options{
-					EtcdPrefix: ef.prefix, Resources: proc.Resources, Expect: expect, MaxOffenders: 20,
-				})
-			}
-			err = proc.Run(ctx)
-			if errors.Is(err, rotation.ErrStopped) {
-				return nil
-			}
-			return err
-		},
+		RunE: func(cmd *cobra.Command, _ []string) error { return r.run(cmd) },
 	}
-	f := cmd.Flags()
-	f.StringVar(&backend, "backend", "local", "where the key lives: local or vault")
-	f.StringSliceVar(&keyrings, "keyring", nil, "local: keyring file of each control-plane node, as this host sees it (repeat or comma-separate)")
-	addVaultFlags(f, &vaultCfg)
-	f.StringSliceVar(&endpoints, "plugin-endpoint", []string{contract.DefaultEndpoint}, "every kms-plugin that must report the new key_id (repeat for each node)")
-	f.StringSliceVar(&apiservers, "apiserver", nil, "every kube-apiserver URL to prove with a canary write (default: the kubeconfig's server); list each one behind a load balancer")
-	f.StringVar(&canaryNS, "canary-namespace", "default", "namespace of the canary Secret")
-	kf.register(cmd)
-	ef.register(cmd)
-	rf.register(cmd)
-	registerRewriteFlags(cmd, &rwOpts)
-	f.StringVar(&proc.StateDir, "state-dir", "kmsctl-rotate-state", "where the rotation keeps its state and migrate checkpoints")
-	f.BoolVar(&proc.Retire, "retire", false, "retire the old versions once verify passed")
-	f.BoolVar(&dryRun, "dry-run", false, "print the plan and change nothing")
-	addOutputFlag(cmd, &out)
-	f.StringVar(&stopAfter, "stop-after", "", "stop after this step (add-key, promote-key, wait-plugins, wait-apiservers, migrate, verify)")
-	f.DurationVar(&proc.ReloadGrace, "reload-grace", 0, "local: least wait between add and promote; promote always waits (up to --plugin-timeout) until every plugin reports it has loaded the new key")
-	f.DurationVar(&proc.PluginTimeout, "plugin-timeout", 2*time.Minute, "how long to wait for the plugins (Vault: longer than --vault-refresh-interval)")
-	f.DurationVar(&proc.APIServerTimeout, "apiserver-timeout", 5*time.Minute, "how long to wait for each kube-apiserver (it polls Status every 60 s)")
-	f.DurationVar(&proc.PollInterval, "poll-interval", 2*time.Second, "how often the waits poll")
+	r.register(cmd)
 	return cmd
+}
+
+func (r *rotateFlags) register(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.StringVar(&r.backend, "backend", "local", "where the key lives: local or vault")
+	f.StringSliceVar(&r.keyrings, "keyring", nil, "local: keyring file of each control-plane node, as this host sees it (repeat or comma-separate)")
+	addVaultFlags(f, &r.vaultCfg)
+	f.StringSliceVar(&r.endpoints, "plugin-endpoint", []string{contract.DefaultEndpoint}, "every kms-plugin that must report the new key_id (repeat for each node)")
+	f.StringSliceVar(&r.apiservers, "apiserver", nil, "every kube-apiserver URL to prove with a canary write (default: the kubeconfig's server); list each one behind a load balancer")
+	f.StringVar(&r.canaryNS, "canary-namespace", "default", "namespace of the canary Secret")
+	r.kf.register(cmd)
+	r.ef.register(cmd)
+	r.rf.register(cmd)
+	registerRewriteFlags(cmd, &r.rwOpts)
+	f.StringVar(&r.proc.StateDir, "state-dir", "kmsctl-rotate-state", "where the rotation keeps its state and migrate checkpoints")
+	f.BoolVar(&r.proc.Retire, "retire", false, "retire the old versions once verify passed")
+	f.BoolVar(&r.dryRun, "dry-run", false, "print the plan and change nothing")
+	addOutputFlag(cmd, &r.out)
+	f.StringVar(&r.stopAfter, "stop-after", "", "stop after this step (add-key, promote-key, wait-plugins, wait-apiservers, migrate, verify)")
+	f.DurationVar(&r.proc.ReloadGrace, "reload-grace", 0, "local: least wait between add and promote; promote always waits (up to --plugin-timeout) until every plugin reports it has loaded the new key")
+	f.DurationVar(&r.proc.PluginTimeout, "plugin-timeout", 2*time.Minute, "how long to wait for the plugins (Vault: longer than --vault-refresh-interval)")
+	f.DurationVar(&r.proc.APIServerTimeout, "apiserver-timeout", 5*time.Minute, "how long to wait for each kube-apiserver (it polls Status every 60 s)")
+	f.DurationVar(&r.proc.PollInterval, "poll-interval", 2*time.Second, "how often the waits poll")
+}
+
+// run builds the procedure and runs it (or prints its plan).
+func (r *rotateFlags) run(cmd *cobra.Command) error {
+	ctx := cmd.Context()
+	proc := &r.proc
+	var err error
+	if proc.StopAfter, err = rotation.ParseStep(r.stopAfter); err != nil {
+		return err
+	}
+	if proc.Resources, err = r.rf.list(); err != nil {
+		return err
+	}
+	proc.Out = cmd.OutOrStdout()
+	if r.out.structured() {
+		if r.dryRun {
+			return errors.New("--dry-run prints a plan for people: drop -o")
+		}
+		// Progress to stderr; stdout gets the state, as a program
+		// reads it, however the run ends.
+		proc.Out = cmd.ErrOrStderr()
+		defer func() {
+			if s, ok, err := rotation.LoadState(proc.StateDir); err == nil && ok {
+				_ = printData(cmd.OutOrStdout(), r.out, s)
+			}
+		}()
+	}
+	proc.Endpoints = r.endpoints
+	proc.PluginStatus = pluginStatus
+	proc.PluginLoaded = pluginLoaded
+	closeBackend, err := r.openBackend(cmd)
+	if err != nil {
+		return err
+	}
+	defer closeBackend()
+
+	etcd, err := r.ef.client()
+	if err != nil {
+		return err
+	}
+	defer etcd.Close()
+	cfg, err := r.kf.restConfig()
+	if err != nil {
+		return err
+	}
+	if proc.Canaries, err = r.canaries(cfg, etcd); err != nil {
+		return err
+	}
+	if r.dryRun {
+		return proc.Plan(ctx)
+	}
+	dyn, mapper, err := apiClients(cfg)
+	if err != nil {
+		return err
+	}
+	proc.Migrate = func(ctx context.Context, dir string) ([]rewrite.Result, error) {
+		o := r.rwOpts
+		o.CheckpointDir, o.Log, o.Progress = dir, cmd.ErrOrStderr(), cmd.ErrOrStderr()
+		return rewrite.Run(ctx, dyn, mapper, proc.Resources, o)
+	}
+	proc.Verify = func(ctx context.Context, expect audit.Expect) (audit.Report, error) {
+		return audit.Scan(ctx, etcd, audit.Options{
+			EtcdPrefix: r.ef.prefix, Resources: proc.Resources, Expect: expect, MaxOffenders: 20,
+		})
+	}
+	err = proc.Run(ctx)
+	if errors.Is(err, rotation.ErrStopped) {
+		return nil
+	}
+	return err
+}
+
+// openBackend sets the procedure's backend from --backend and returns
+// what closes it.
+func (r *rotateFlags) openBackend(cmd *cobra.Command) (func(), error) {
+	switch r.backend {
+	case "local":
+		if len(r.keyrings) == 0 {
+			return nil, errors.New("--backend local needs --keyring (repeat it for each control-plane node's copy)")
+		}
+		r.proc.Backend = &rotation.LocalBackend{Paths: r.keyrings}
+		return func() {}, nil
+	case "vault":
+		p, err := openVault(cmd, r.vaultCfg)
+		if err != nil {
+			return nil, err
+		}
+		r.proc.Backend = &rotation.VaultBackend{Key: p, Name: r.vaultCfg.Mount + "/" + r.vaultCfg.Key}
+		return func() { _ = p.Close() }, nil
+	}
+	return nil, fmt.Errorf("--backend %q: want local or vault", r.backend)
+}
+
+// canaries are the canary Secrets that prove each kube-apiserver
+// (--apiserver, default the kubeconfig's) encrypts with the new key_id.
+func (r *rotateFlags) canaries(cfg *rest.Config, etcd *clientv3.Client) ([]*rotation.Canary, error) {
+	apiservers := r.apiservers
+	if len(apiservers) == 0 {
+		apiservers = []string{cfg.Host}
+	}
+	var out []*rotation.Canary
+	for i, url := range apiservers {
+		c := rest.CopyConfig(cfg)
+		c.Host = url
+		if !r.dryRun {
+			if err := reachAPIServer(c); err != nil {
+				return nil, err
+			}
+		}
+		cs, err := kubernetes.NewForConfig(c)
+		if err != nil {
+			return nil, fmt.Errorf("kubernetes client for %s: %w", url, err)
+		}
+		name := "kmsctl-rotation-canary"
+		if len(apiservers) > 1 {
+			name = fmt.Sprintf("%s-%d", name, i)
+		}
+		out = append(out, &rotation.Canary{
+			APIServer: url, Client: cs, Namespace: r.canaryNS, Name: name, Etcd: etcd, EtcdPrefix: r.ef.prefix,
+		})
+	}
+	return out, nil
 }
 
 // pluginLoaded asks a kms-plugin, through its admin API, what it has
@@ -214,16 +245,10 @@ func pluginLoaded(ctx context.Context, endpoint string) (rotation.Loaded, error)
 
 // pluginStatus calls Status on a KMS v2 plugin.
 func pluginStatus(ctx context.Context, endpoint string) (string, bool, error) {
-	client, conn, err := kms.Dial(endpoint)
+	resp, conn, err := statusOf(ctx, endpoint, 5*time.Second)
 	if err != nil {
 		return "", false, err
 	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	resp, err := client.Status(ctx, &kmsapi.StatusRequest{})
-	if err != nil {
-		return "", false, fmt.Errorf("status of %s: %w", endpoint, err)
-	}
-	return resp.GetKeyId(), resp.GetHealthz() == contract.HealthzOK && resp.GetVersion() == contract.APIVersion, nil
+	_ = conn.Close()
+	return resp.GetKeyId(), healthy(resp), nil
 }

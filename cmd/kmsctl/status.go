@@ -108,20 +108,13 @@ Exits non-zero when the call fails or the plugin does not report healthz
 				}
 				return err
 			}
-			client, conn, err := kms.Dial(endpoint)
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			resp, conn, err := statusOf(ctx, endpoint, timeout)
 			if err != nil {
 				return fail(err)
 			}
 			defer conn.Close()
-			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
-			defer cancel()
-			if err := reachPlugin(ctx, client, endpoint, timeout); err != nil {
-				return fail(err)
-			}
-			resp, err := client.Status(ctx, &kmsapi.StatusRequest{})
-			if err != nil {
-				return fail(fmt.Errorf("status of %s: %s: %s", endpoint, status.Code(err), status.Convert(err).Message()))
-			}
 			res := statusResult{Endpoint: endpoint, Version: resp.GetVersion(), Healthz: resp.GetHealthz(), KeyID: resp.GetKeyId()}
 			if res.Loaded, err = getLoaded(ctx, conn); err != nil {
 				return fail(fmt.Errorf("admin API of %s: %s", endpoint, status.Convert(err).Message()))
@@ -144,6 +137,34 @@ Exits non-zero when the call fails or the plugin does not report healthz
 	cmd.Flags().DurationVar(&timeout, "timeout", 3*time.Second, "how long to wait for the reply")
 	addOutputFlag(cmd, &out)
 	return cmd
+}
+
+// statusOf dials the plugin at endpoint and asks for its Status, telling
+// an unreachable plugin (exit 2, with what is at the path) from one that
+// answers with an error: the one place where kmsctl status and kmsctl
+// rotate ask a plugin for Status. The caller closes conn.
+func statusOf(ctx context.Context, endpoint string, timeout time.Duration) (*kmsapi.StatusResponse, *grpc.ClientConn, error) {
+	client, conn, err := kms.Dial(endpoint)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := reachPlugin(ctx, client, endpoint, timeout); err != nil {
+		_ = conn.Close()
+		return nil, nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	resp, err := client.Status(ctx, &kmsapi.StatusRequest{})
+	if err != nil {
+		_ = conn.Close()
+		return nil, nil, fmt.Errorf("status of %s: %s: %s", endpoint, status.Code(err), status.Convert(err).Message())
+	}
+	return resp, conn, nil
+}
+
+// healthy reports whether a Status reply is a healthy KMS v2 plugin's.
+func healthy(resp *kmsapi.StatusResponse) bool {
+	return resp.GetHealthz() == contract.HealthzOK && resp.GetVersion() == contract.APIVersion
 }
 
 func printStatus(w io.Writer, res statusResult) error {

@@ -171,30 +171,16 @@ func (r *resourceRun) result(start time.Time) Result {
 	}
 }
 
+// run migrates one resource in three parts that run at once: list pages
+// from the checkpoint on, rewrite each page's objects on the workers, and
+// checkpoint the pages in order as they complete.
 func (r *resourceRun) run(ctx context.Context) (Result, error) {
 	start := time.Now()
-	cp := Checkpoint{Resource: r.name}
-	if r.opts.CheckpointDir != "" && !r.opts.Restart && !r.opts.DryRun {
-		var err error
-		if cp, err = LoadCheckpoint(r.opts.CheckpointDir, r.name); err != nil {
-			return Result{Resource: r.name}, err
-		}
-	}
-	res := Result{Resource: r.name}
-	switch {
-	case cp.Done:
-		fmt.Fprintf(r.opts.Log, "migrate %s: already done (%d objects, checkpoint of %s); --restart to run it again\n",
-			r.name, cp.Objects, cp.UpdatedAt.Format(time.RFC3339))
-		res.AlreadyDone = true
-		return res, nil
-	case cp.Continue != "":
-		fmt.Fprintf(r.opts.Log, "migrate %s: resuming after %d pages, %d objects (checkpoint of %s)\n",
-			r.name, cp.Pages, cp.Objects, cp.UpdatedAt.Format(time.RFC3339))
+	cp, done, err := r.resume()
+	if err != nil || done {
+		return Result{Resource: r.name, AlreadyDone: done}, err
 	}
 	resumed := cp.Continue != ""
-	if cp.StartedAt.IsZero() {
-		cp.StartedAt = time.Now().UTC()
-	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -206,49 +192,9 @@ func (r *resourceRun) run(ctx context.Context) (Result, error) {
 	defer meter.Done()
 
 	jobs := make(chan job)
-	var workers sync.WaitGroup
-	for range r.opts.Concurrency {
-		workers.Add(1)
-		go func() {
-			defer workers.Done()
-			for j := range jobs {
-				if ctx.Err() != nil {
-					j.page.bad.Add(1) // interrupted: the page is not done
-				} else {
-					r.rewrite(ctx, j.obj, j.page)
-				}
-				j.page.wg.Done()
-				meter.Add(1)
-			}
-		}()
-	}
-
-	// Pages are checkpointed in order, each once all its objects are
-	// written, while the workers already write the next page.
+	workers := r.startWorkers(ctx, jobs, meter)
 	pages := make(chan *page, 2)
-	var cpErr error
-	cpDone := make(chan struct{})
-	go func() {
-		defer close(cpDone)
-		for p := range pages {
-			p.wg.Wait()
-			if p.bad.Load() > 0 {
-				cancel() // stop listing; keep the checkpoint before this page
-				for range pages {
-				}
-				return
-			}
-			cp.Pages++
-			cp.Objects += int64(len(p.items))
-			cp.Continue, cp.Done = p.next, p.next == ""
-			if r.opts.CheckpointDir != "" && !r.opts.DryRun && cpErr == nil {
-				if err := cp.Save(r.opts.CheckpointDir); err != nil {
-					cpErr = err
-					cancel()
-				}
-			}
-		}
-	}()
+	cpDone, cpErr := r.checkpointPages(pages, &cp, cancel)
 
 	listErr := r.list(ctx, cp.Continue, meter, func(p *page) {
 		p.wg.Add(len(p.items))
@@ -262,17 +208,93 @@ func (r *resourceRun) run(ctx context.Context) (Result, error) {
 	close(pages)
 	<-cpDone
 
-	res = r.result(start)
+	res := r.result(start)
 	res.Resumed = resumed
 	switch {
 	case res.Failed > 0:
 		return res, fmt.Errorf("migrate %s: %d %w; the checkpoint stays before their page, run again to retry", r.name, res.Failed, ErrFailed)
-	case cpErr != nil:
-		return res, fmt.Errorf("migrate %s: %w", r.name, cpErr)
+	case *cpErr != nil:
+		return res, fmt.Errorf("migrate %s: %w", r.name, *cpErr)
 	case listErr != nil:
 		return res, fmt.Errorf("migrate %s: %w", r.name, listErr)
 	}
 	return res, nil
+}
+
+// resume loads the resource's checkpoint (unless told to start over) and
+// reports whether an earlier run already finished it.
+func (r *resourceRun) resume() (cp Checkpoint, done bool, err error) {
+	cp = Checkpoint{Resource: r.name}
+	if r.opts.CheckpointDir != "" && !r.opts.Restart && !r.opts.DryRun {
+		if cp, err = LoadCheckpoint(r.opts.CheckpointDir, r.name); err != nil {
+			return cp, false, err
+		}
+	}
+	switch {
+	case cp.Done:
+		fmt.Fprintf(r.opts.Log, "migrate %s: already done (%d objects, checkpoint of %s); --restart to run it again\n",
+			r.name, cp.Objects, cp.UpdatedAt.Format(time.RFC3339))
+		return cp, true, nil
+	case cp.Continue != "":
+		fmt.Fprintf(r.opts.Log, "migrate %s: resuming after %d pages, %d objects (checkpoint of %s)\n",
+			r.name, cp.Pages, cp.Objects, cp.UpdatedAt.Format(time.RFC3339))
+	}
+	if cp.StartedAt.IsZero() {
+		cp.StartedAt = time.Now().UTC()
+	}
+	return cp, false, nil
+}
+
+// startWorkers starts opts.Concurrency workers that rewrite the objects
+// from jobs; after ctx ends they mark what is left of a page as not done.
+func (r *resourceRun) startWorkers(ctx context.Context, jobs <-chan job, meter *progress.Meter) *sync.WaitGroup {
+	var workers sync.WaitGroup
+	for range r.opts.Concurrency {
+		workers.Go(func() {
+			for j := range jobs {
+				if ctx.Err() != nil {
+					j.page.bad.Add(1) // interrupted: the page is not done
+				} else {
+					r.rewrite(ctx, j.obj, j.page)
+				}
+				j.page.wg.Done()
+				meter.Add(1)
+			}
+		})
+	}
+	return &workers
+}
+
+// checkpointPages saves cp after each page from pages, in order, once all
+// its objects are written, while the workers already write the next page.
+// A page with a failed object stops the listing (cancel) and leaves the
+// checkpoint before it. The returned channel closes when pages is drained;
+// the error is then the checkpoint's save error, if any.
+func (r *resourceRun) checkpointPages(pages <-chan *page, cp *Checkpoint, cancel context.CancelFunc) (<-chan struct{}, *error) {
+	done := make(chan struct{})
+	cpErr := new(error)
+	go func() {
+		defer close(done)
+		for p := range pages {
+			p.wg.Wait()
+			if p.bad.Load() > 0 {
+				cancel()
+				for range pages {
+				}
+				return
+			}
+			cp.Pages++
+			cp.Objects += int64(len(p.items))
+			cp.Continue, cp.Done = p.next, p.next == ""
+			if r.opts.CheckpointDir != "" && !r.opts.DryRun && *cpErr == nil {
+				if err := cp.Save(r.opts.CheckpointDir); err != nil {
+					*cpErr = err
+					cancel()
+				}
+			}
+		}
+	}()
+	return done, cpErr
 }
 
 type job struct {
