@@ -88,7 +88,7 @@ FUZZ_TARGETS := \
 	kms:FuzzDecrypt kms:FuzzParseEnvelope providers/local:FuzzParse \
 	providers/vault:FuzzVaultHTTPResponse providers/vault:FuzzClassifyResponse \
 	providers/vault:FuzzTransitCiphertext providers/vault:FuzzParseRef providers/vault:FuzzParseKeyMetadata \
-	rotation/audit:FuzzClassify rotation/audit:FuzzClassifyKMSv2
+	rotation/verify:FuzzClassify rotation/verify:FuzzClassifyKMSv2
 
 fuzz: ## run each fuzz target for FUZZTIME (default 30s)
 	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; name=$${t#*:}; \

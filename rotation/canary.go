@@ -11,7 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/kms-plugin/kms-plugin/rotation/audit"
+	"github.com/kms-plugin/kms-plugin/rotation/verify"
 )
 
 // Canary proves which key one kube-apiserver encrypts new writes with: it
@@ -23,7 +23,7 @@ type Canary struct {
 	Client    kubernetes.Interface
 	Namespace string
 	Name      string
-	Etcd      audit.KV
+	Etcd      verify.KV
 	// EtcdPrefix is kube-apiserver's --etcd-prefix.
 	EtcdPrefix string
 }
@@ -32,7 +32,7 @@ type Canary struct {
 // does once its health cache lapses, instead of waiting for the 60 s
 // poll), writes the canary with new content, and returns how etcd stores
 // it.
-func (c *Canary) Write(ctx context.Context) (audit.Class, error) {
+func (c *Canary) Write(ctx context.Context) (verify.Class, error) {
 	_, _ = c.Client.CoreV1().RESTClient().Get().AbsPath("/healthz/kms-providers").DoRaw(ctx)
 	secrets := c.Client.CoreV1().Secrets(c.Namespace)
 	stamp := []byte(time.Now().UTC().Format(time.RFC3339Nano))
@@ -51,17 +51,17 @@ func (c *Canary) Write(ctx context.Context) (audit.Class, error) {
 		_, err = secrets.Update(ctx, s, metav1.UpdateOptions{})
 	}
 	if err != nil {
-		return audit.Class{}, fmt.Errorf("write canary secret %s/%s through %s: %w", c.Namespace, c.Name, c.APIServer, err)
+		return verify.Class{}, fmt.Errorf("write canary secret %s/%s through %s: %w", c.Namespace, c.Name, c.APIServer, err)
 	}
 	key := strings.TrimSuffix(c.EtcdPrefix, "/") + "/secrets/" + c.Namespace + "/" + c.Name
 	resp, err := c.Etcd.Get(ctx, key)
 	if err != nil {
-		return audit.Class{}, fmt.Errorf("read canary from etcd: %w", err)
+		return verify.Class{}, fmt.Errorf("read canary from etcd: %w", err)
 	}
 	if len(resp.Kvs) != 1 {
-		return audit.Class{}, fmt.Errorf("read canary from etcd: %s not found", key)
+		return verify.Class{}, fmt.Errorf("read canary from etcd: %s not found", key)
 	}
-	return audit.Classify(resp.Kvs[0].Value), nil
+	return verify.Classify(resp.Kvs[0].Value), nil
 }
 
 // Delete removes the canary.

@@ -2,8 +2,8 @@
 // local keyring or Vault: add the new key version everywhere, make it
 // current, wait until every plugin reports it and every kube-apiserver
 // encrypts with it (proved with a canary write read back from etcd),
-// re-encrypt every stored object through the API (package rewrite), prove
-// from etcd that nothing remains under another key (package audit), and
+// re-encrypt every stored object through the API (package migrate), prove
+// from etcd that nothing remains under another key (package verify), and
 // only then, if asked, retire the old versions.
 //
 // Every step is idempotent and recorded in a state file, so an interrupted

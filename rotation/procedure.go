@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/kms-plugin/kms-plugin/providers"
-	"github.com/kms-plugin/kms-plugin/rotation/audit"
-	"github.com/kms-plugin/kms-plugin/rotation/rewrite"
+	"github.com/kms-plugin/kms-plugin/rotation/migrate"
+	"github.com/kms-plugin/kms-plugin/rotation/verify"
 )
 
 // PluginStatus asks the KMS v2 plugin at endpoint for its Status.
@@ -55,9 +55,9 @@ type Procedure struct {
 	// Resources are what Migrate and Verify cover; recorded in the state.
 	Resources []string
 	// Migrate re-encrypts Resources, checkpointing in checkpointDir.
-	Migrate func(ctx context.Context, checkpointDir string) ([]rewrite.Result, error)
+	Migrate func(ctx context.Context, checkpointDir string) ([]migrate.Result, error)
 	// Verify scans Resources in etcd against expect.
-	Verify func(ctx context.Context, expect audit.Expect) (audit.Report, error)
+	Verify func(ctx context.Context, expect verify.Expect) (verify.Report, error)
 
 	// StateDir keeps state.json and the migrate checkpoints.
 	StateDir string
@@ -333,7 +333,7 @@ func (r *run) apiServers(ctx context.Context) (string, error) {
 				return false, nil
 			}
 			last = "canary stored as " + cl.Label()
-			return cl.Type == audit.KMSv2 && cl.KeyID == r.s.New.KeyID, nil
+			return cl.Type == verify.KMSv2 && cl.KeyID == r.s.New.KeyID, nil
 		})
 		if err != nil {
 			return "", fmt.Errorf("kube-apiserver %s: %w (last: %s)", c.APIServer, err, last)
@@ -470,7 +470,7 @@ func notLoaded(l Loaded, v KeyVersion) string {
 // verify scans; on offenders it forgets the migrate step and its
 // checkpoints, so that the next run migrates everything again.
 func (p *Procedure) verify(ctx context.Context, s *State) error {
-	rep, err := p.Verify(ctx, audit.Expect{KeyIDs: []string{s.New.KeyID}})
+	rep, err := p.Verify(ctx, verify.Expect{KeyIDs: []string{s.New.KeyID}})
 	if err != nil {
 		return err
 	}

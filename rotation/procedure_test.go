@@ -12,8 +12,8 @@ import (
 
 	"github.com/kms-plugin/kms-plugin/providers"
 	"github.com/kms-plugin/kms-plugin/providers/local"
-	"github.com/kms-plugin/kms-plugin/rotation/audit"
-	"github.com/kms-plugin/kms-plugin/rotation/rewrite"
+	"github.com/kms-plugin/kms-plugin/rotation/migrate"
+	"github.com/kms-plugin/kms-plugin/rotation/verify"
 )
 
 // newKeyrings writes n copies of one new keyring and returns their paths.
@@ -173,13 +173,13 @@ func fakeRun(t *testing.T, offenders *int64) (*Procedure, *bytes.Buffer) {
 			return Loaded{Versions: infos, ReloadInterval: time.Second}, err
 		},
 		Resources: []string{"secrets"},
-		Migrate: func(context.Context, string) ([]rewrite.Result, error) {
-			return []rewrite.Result{{Resource: "secrets", Listed: 10, Rewritten: 10}}, nil
+		Migrate: func(context.Context, string) ([]migrate.Result, error) {
+			return []migrate.Result{{Resource: "secrets", Listed: 10, Rewritten: 10}}, nil
 		},
-		Verify: func(_ context.Context, e audit.Expect) (audit.Report, error) {
-			r := audit.Report{Total: 10, OffenderCount: *offenders}
+		Verify: func(_ context.Context, e verify.Expect) (verify.Report, error) {
+			r := verify.Report{Total: 10, OffenderCount: *offenders}
 			if *offenders > 0 {
-				r.Offenders = []audit.Object{{Resource: "secrets", Namespace: "ns", Name: "old", Class: audit.Class{Type: audit.KMSv2, KeyID: "old"}}}
+				r.Offenders = []verify.Object{{Resource: "secrets", Namespace: "ns", Name: "old", Class: verify.Class{Type: verify.KMSv2, KeyID: "old"}}}
 			}
 			return r, nil
 		},

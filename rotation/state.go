@@ -10,7 +10,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/kms-plugin/kms-plugin/rotation/rewrite"
+	"github.com/kms-plugin/kms-plugin/rotation/migrate"
 )
 
 // Step is one step of the procedure.
@@ -92,7 +92,7 @@ func (s *State) Save(dir string) error {
 	if err != nil {
 		return err
 	}
-	return rewrite.WriteFileAtomic(StatePath(dir), append(b, '\n'))
+	return migrate.WriteFileAtomic(StatePath(dir), append(b, '\n'))
 }
 
 // Done reports whether step is recorded as done.

@@ -14,7 +14,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/restmapper"
 
-	"github.com/kms-plugin/kms-plugin/rotation/rewrite"
+	"github.com/kms-plugin/kms-plugin/rotation/migrate"
 )
 
 // reachAPIServer fails fast, with the address, when kube-apiserver at
@@ -53,7 +53,7 @@ func apiClients(cfg *rest.Config) (dynamic.Interface, meta.RESTMapper, error) {
 }
 
 // migrateFlags are the rewrite options shared by migrate and rotate.
-func registerRewriteFlags(cmd *cobra.Command, o *rewrite.Options) {
+func registerRewriteFlags(cmd *cobra.Command, o *migrate.Options) {
 	cmd.Flags().IntVar(&o.Concurrency, "concurrency", 16, "writes in flight at once")
 	cmd.Flags().Float64Var(&o.QPS, "qps", 0, "maximum API requests per second; 0 means no limit")
 	cmd.Flags().Int64Var(&o.PageSize, "page-size", 500, "objects per list call")
@@ -63,7 +63,7 @@ func newMigrateCmd() *cobra.Command {
 	var (
 		kf    kubeFlags
 		rf    resourceFlags
-		opts  rewrite.Options
+		opts  migrate.Options
 		out   output
 		quiet bool
 	)
@@ -105,7 +105,7 @@ summary to stdout. Check the result with kmsctl verify.`,
 			if opts.CheckpointDir == "" && !opts.DryRun {
 				fmt.Fprintln(cmd.ErrOrStderr(), "migrate: no --checkpoint-dir: an interrupted run starts over")
 			}
-			results, runErr := rewrite.Run(cmd.Context(), dyn, mapper, resources, opts)
+			results, runErr := migrate.Run(cmd.Context(), dyn, mapper, resources, opts)
 			if err := printMigrateResults(cmd.OutOrStdout(), results, out); err != nil {
 				return err
 			}
@@ -124,7 +124,7 @@ summary to stdout. Check the result with kmsctl verify.`,
 	return cmd
 }
 
-func printMigrateResults(w io.Writer, results []rewrite.Result, out output) error {
+func printMigrateResults(w io.Writer, results []migrate.Result, out output) error {
 	if out.structured() {
 		return printData(w, out, results)
 	}

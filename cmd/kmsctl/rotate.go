@@ -15,8 +15,8 @@ import (
 	"github.com/kms-plugin/kms-plugin/kms/contract"
 	"github.com/kms-plugin/kms-plugin/providers/vault"
 	"github.com/kms-plugin/kms-plugin/rotation"
-	"github.com/kms-plugin/kms-plugin/rotation/audit"
-	"github.com/kms-plugin/kms-plugin/rotation/rewrite"
+	"github.com/kms-plugin/kms-plugin/rotation/migrate"
+	"github.com/kms-plugin/kms-plugin/rotation/verify"
 )
 
 // rotateFlags are kmsctl rotate's flags; its methods build the rotation
@@ -31,7 +31,7 @@ type rotateFlags struct {
 	kf         kubeFlags
 	ef         etcdFlags
 	rf         resourceFlags
-	rwOpts     rewrite.Options
+	rwOpts     migrate.Options
 	proc       rotation.Procedure
 	stopAfter  string
 	dryRun     bool
@@ -150,13 +150,13 @@ func (r *rotateFlags) run(cmd *cobra.Command) error {
 	if err != nil {
 		return err
 	}
-	proc.Migrate = func(ctx context.Context, dir string) ([]rewrite.Result, error) {
+	proc.Migrate = func(ctx context.Context, dir string) ([]migrate.Result, error) {
 		o := r.rwOpts
 		o.CheckpointDir, o.Log, o.Progress = dir, cmd.ErrOrStderr(), cmd.ErrOrStderr()
-		return rewrite.Run(ctx, dyn, mapper, proc.Resources, o)
+		return migrate.Run(ctx, dyn, mapper, proc.Resources, o)
 	}
-	proc.Verify = func(ctx context.Context, expect audit.Expect) (audit.Report, error) {
-		return audit.Scan(ctx, etcd, audit.Options{
+	proc.Verify = func(ctx context.Context, expect verify.Expect) (verify.Report, error) {
+		return verify.Scan(ctx, etcd, verify.Options{
 			EtcdPrefix: r.ef.prefix, Resources: proc.Resources, Expect: expect, MaxOffenders: 20,
 		})
 	}

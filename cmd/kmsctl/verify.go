@@ -10,15 +10,15 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/kms-plugin/kms-plugin/rotation/audit"
 	"github.com/kms-plugin/kms-plugin/rotation/progress"
+	"github.com/kms-plugin/kms-plugin/rotation/verify"
 )
 
 func newVerifyCmd() *cobra.Command {
 	var (
 		ef           etcdFlags
 		rf           resourceFlags
-		expect       audit.Expect
+		expect       verify.Expect
 		out          output
 		pageSize     int64
 		maxOffenders int
@@ -56,7 +56,7 @@ an etcd key prefix as it is.`,
 			if quiet {
 				stderr = io.Discard
 			}
-			return runVerify(cmd.Context(), client, cmd.OutOrStdout(), stderr, audit.Options{
+			return runVerify(cmd.Context(), client, cmd.OutOrStdout(), stderr, verify.Options{
 				EtcdPrefix: ef.prefix, Resources: resources, PageSize: pageSize,
 				Expect: expect, MaxOffenders: maxOffenders,
 			}, out, allowEmpty)
@@ -77,7 +77,7 @@ an etcd key prefix as it is.`,
 // runVerify scans and prints. With -o json it streams
 // {"objects":[...],"summary":[...],"total":N,"offender_count":N} so that
 // memory stays bounded.
-func runVerify(ctx context.Context, kv audit.KV, stdout, stderr io.Writer, opts audit.Options, out output, allowEmpty bool) error {
+func runVerify(ctx context.Context, kv verify.KV, stdout, stderr io.Writer, opts verify.Options, out output, allowEmpty bool) error {
 	meter := progress.New(stderr, "verify")
 	var last int64
 	opts.Progress = func(_ string, scanned int64) {
@@ -88,11 +88,11 @@ func runVerify(ctx context.Context, kv audit.KV, stdout, stderr io.Writer, opts 
 		last = scanned
 	}
 	first := true
-	var objects []audit.Object // for yaml, which cannot stream
+	var objects []verify.Object // for yaml, which cannot stream
 	switch out {
 	case "json":
 		fmt.Fprint(stdout, `{"objects":[`)
-		opts.Each = func(o audit.Object) error {
+		opts.Each = func(o verify.Object) error {
 			b, err := json.Marshal(o)
 			if err != nil {
 				return err
@@ -106,10 +106,10 @@ func runVerify(ctx context.Context, kv audit.KV, stdout, stderr io.Writer, opts 
 		}
 		opts.MaxOffenders = -1 // every offender is in "objects" already
 	case "yaml":
-		opts.Each = func(o audit.Object) error { objects = append(objects, o); return nil }
+		opts.Each = func(o verify.Object) error { objects = append(objects, o); return nil }
 		opts.MaxOffenders = -1
 	}
-	rep, err := audit.Scan(ctx, kv, opts)
+	rep, err := verify.Scan(ctx, kv, opts)
 	meter.Done()
 	if err != nil {
 		return err
@@ -147,12 +147,12 @@ func runVerify(ctx context.Context, kv audit.KV, stdout, stderr io.Writer, opts 
 // verifyYAML is verify -o yaml: the objects, then the report's fields, as
 // -o json streams them.
 type verifyYAML struct {
-	Objects []audit.Object `json:"objects"`
-	audit.Report
+	Objects []verify.Object `json:"objects"`
+	verify.Report
 }
 
 // emptyResources lists the resources of which the scan found no object.
-func emptyResources(resources []string, rep audit.Report) []string {
+func emptyResources(resources []string, rep verify.Report) []string {
 	seen := map[string]bool{}
 	for _, c := range rep.Counts {
 		if c.Objects > 0 {
@@ -168,7 +168,7 @@ func emptyResources(resources []string, rep audit.Report) []string {
 	return empty
 }
 
-func printVerifyTable(w io.Writer, rep audit.Report, expect audit.Expect) {
+func printVerifyTable(w io.Writer, rep verify.Report, expect verify.Expect) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "RESOURCE\tTYPE\tPROVIDER\tKEY/KEY_ID\tOBJECTS")
 	for _, c := range rep.Counts {

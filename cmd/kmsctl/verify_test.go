@@ -13,7 +13,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/kms-plugin/kms-plugin/rotation/audit"
+	"github.com/kms-plugin/kms-plugin/rotation/verify"
 )
 
 // fakeEtcd answers every range read with all its values at once.
@@ -35,8 +35,8 @@ func TestRunVerifyJSON(t *testing.T) {
 		"/registry/secrets/ns/aes":   "k8s:enc:aescbc:v1:key1:xx",
 	}
 	var out bytes.Buffer
-	err := runVerify(context.Background(), kv, &out, io.Discard, audit.Options{Expect: audit.Expect{Providers: []string{"aescbc"}}}, "json", false)
-	if !errors.Is(err, audit.ErrExpectation) {
+	err := runVerify(context.Background(), kv, &out, io.Discard, verify.Options{Expect: verify.Expect{Providers: []string{"aescbc"}}}, "json", false)
+	if !errors.Is(err, verify.ErrExpectation) {
 		t.Errorf("runVerify() = %v, want ErrExpectation for the plaintext Secret", err)
 	}
 	var got struct {
@@ -61,7 +61,7 @@ func TestRunVerifyJSON(t *testing.T) {
 	}
 
 	out.Reset()
-	if err := runVerify(context.Background(), fakeEtcd{}, &out, io.Discard, audit.Options{}, "json", false); err != nil {
+	if err := runVerify(context.Background(), fakeEtcd{}, &out, io.Discard, verify.Options{}, "json", false); err != nil {
 		t.Fatal(err)
 	}
 	if !json.Valid(out.Bytes()) {
@@ -76,15 +76,15 @@ func TestVerifyOfNothingFails(t *testing.T) {
 	kv := fakeEtcd{"/registry/secrets/ns/s": "k8s:enc:kms:v2:kms-plugin:xx"}
 	cases := []struct {
 		name      string
-		opts      audit.Options
+		opts      verify.Options
 		allow     bool
 		wantError string
 	}{
-		{"mistyped resource", audit.Options{EtcdPrefix: "/registry", Resources: []string{"secretz"}, Expect: audit.Expect{Providers: []string{"kms-plugin"}}}, false, "secretz"},
-		{"one of two empty", audit.Options{EtcdPrefix: "/registry", Resources: []string{"secrets", "configmapz"}}, false, "configmapz"},
-		{"wrong prefix", audit.Options{EtcdPrefix: "/registri", Resources: []string{"secrets"}}, false, "/registri"},
-		{"allowed", audit.Options{EtcdPrefix: "/registry", Resources: []string{"secretz"}}, true, ""},
-		{"found", audit.Options{EtcdPrefix: "/registry", Resources: []string{"secrets"}}, false, ""},
+		{"mistyped resource", verify.Options{EtcdPrefix: "/registry", Resources: []string{"secretz"}, Expect: verify.Expect{Providers: []string{"kms-plugin"}}}, false, "secretz"},
+		{"one of two empty", verify.Options{EtcdPrefix: "/registry", Resources: []string{"secrets", "configmapz"}}, false, "configmapz"},
+		{"wrong prefix", verify.Options{EtcdPrefix: "/registri", Resources: []string{"secrets"}}, false, "/registri"},
+		{"allowed", verify.Options{EtcdPrefix: "/registry", Resources: []string{"secretz"}}, true, ""},
+		{"found", verify.Options{EtcdPrefix: "/registry", Resources: []string{"secrets"}}, false, ""},
 	}
 	for _, c := range cases {
 		var out, errOut bytes.Buffer

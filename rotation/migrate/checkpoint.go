@@ -1,4 +1,4 @@
-package rewrite
+package migrate
 
 import (
 	"encoding/json"

@@ -1,4 +1,4 @@
-// Package rewrite re-encrypts stored objects through the Kubernetes API:
+// Package migrate re-encrypts stored objects through the Kubernetes API:
 // it lists a resource in pages and writes every object back unchanged.
 // kube-apiserver marks an object read under a key_id other than its
 // current one as stale, so the unchanged write stores it again under the
@@ -10,4 +10,4 @@
 // the continue token of the first page not yet fully written, so an
 // interrupted run resumes where it stopped. kmsctl migrate is its command
 // line.
-package rewrite
+package migrate
