@@ -2,8 +2,11 @@ package kms
 
 import (
 	"context"
+	"crypto/sha256"
+	"fmt"
 	"log/slog"
 	"runtime"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,7 +28,9 @@ type Metrics struct {
 	healthy         prometheus.Gauge
 	degraded        prometheus.Gauge
 	currentKey      *prometheus.GaugeVec
+	currentKeyHash  *prometheus.GaugeVec
 	lastKeyID       string
+	lastProbe       atomic.Int64 // Unix nanoseconds of the last probe; 0 before the first
 
 	// The series of successful calls, resolved once: looking a series up
 	// by label values hashes them on every call, which was half of what
@@ -67,7 +72,21 @@ func NewMetrics(reg prometheus.Registerer, provider string) *Metrics {
 			Name: "kms_plugin_current_key_info",
 			Help: "The key_id that Encrypt uses now (value is always 1).",
 		}, []string{"key_id"}),
+		currentKeyHash: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kms_plugin_current_key_id_hash_info",
+			Help: "The hash of the key_id that Encrypt uses now, as kube-apiserver labels its apiserver_envelope_encryption_key_id_hash_* series (value is always 1).",
+		}, []string{"key_id_hash"}),
 	}
+	cacheAge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "kms_plugin_status_cache_age_seconds",
+		Help: "Seconds since the background probe whose verdict Status serves; -1 before the first probe.",
+	}, func() float64 {
+		at := m.lastProbe.Load()
+		if at == 0 {
+			return -1
+		}
+		return time.Since(time.Unix(0, at)).Seconds()
+	})
 	m.okRequests = map[string]prometheus.Counter{}
 	m.latencyOf = map[string]prometheus.Observer{}
 	for _, method := range []string{"Status", "Encrypt", "Decrypt"} {
@@ -84,7 +103,7 @@ func NewMetrics(reg prometheus.Registerer, provider string) *Metrics {
 		ConstLabels: prometheus.Labels{"version": Version, "go_version": runtime.Version(), "provider": provider},
 	})
 	buildInfo.Set(1)
-	reg.MustRegister(m.requests, m.latency, m.providerLatency, m.healthy, m.degraded, m.currentKey, buildInfo,
+	reg.MustRegister(m.requests, m.latency, m.providerLatency, m.healthy, m.degraded, m.currentKey, m.currentKeyHash, cacheAge, buildInfo,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -110,11 +129,27 @@ func (m *Metrics) setHealth(p Probe) {
 	}
 	m.healthy.Set(boolGauge(p.Err == nil))
 	m.degraded.Set(boolGauge(p.Warning != nil))
+	if !p.At.IsZero() {
+		m.lastProbe.Store(p.At.UnixNano())
+	}
 	if p.KeyID != "" && p.KeyID != m.lastKeyID {
 		m.currentKey.Reset()
 		m.currentKey.WithLabelValues(p.KeyID).Set(1)
+		m.currentKeyHash.Reset()
+		m.currentKeyHash.WithLabelValues(KeyIDHash(p.KeyID)).Set(1)
 		m.lastKeyID = p.KeyID
 	}
+}
+
+// KeyIDHash is key_id as kube-apiserver labels it in its
+// apiserver_envelope_encryption_key_id_hash_* series: "sha256:" and the hex
+// SHA-256 of the key_id. One PromQL join then shows whether every
+// apiserver uses the plugin's current key (docs/operations.md).
+func KeyIDHash(keyID string) string {
+	if keyID == "" {
+		return ""
+	}
+	return fmt.Sprintf("sha256:%x", sha256.Sum256([]byte(keyID)))
 }
 
 func boolGauge(b bool) float64 {

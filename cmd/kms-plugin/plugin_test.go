@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 	kmsapi "k8s.io/kms/apis/v2"
 
+	"github.com/kms-plugin/kms-plugin/kms"
 	"github.com/kms-plugin/kms-plugin/test/plugintest"
 	"github.com/kms-plugin/kms-plugin/test/testbin"
 )
@@ -130,6 +131,8 @@ func TestPluginServesContract(t *testing.T) {
 		`kms_plugin_requests_total{code="OK",method="Encrypt"} 1`,
 		`kms_plugin_requests_total{code="InvalidArgument",method="Decrypt"}`,
 		`kms_plugin_current_key_info{key_id="` + st.KeyId + `"} 1`,
+		`kms_plugin_current_key_id_hash_info{key_id_hash="` + kms.KeyIDHash(st.KeyId) + `"} 1`,
+		`kms_plugin_status_cache_age_seconds `,
 		`kms_plugin_build_info{`,
 		`kms_plugin_provider_duration_seconds_bucket{operation="decrypt",outcome="ok"`,
 	} {

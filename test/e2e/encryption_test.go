@@ -5,6 +5,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kmstypes "k8s.io/apiserver/pkg/storage/value/encrypt/envelope/kmsv2/v2"
 
+	"github.com/kms-plugin/kms-plugin/kms"
 	"github.com/kms-plugin/kms-plugin/test/cluster"
 )
 
@@ -31,6 +33,7 @@ func TestEncryptionAtRest(t *testing.T) {
 
 	raw, obj := checkSecretAtRest(ctx, t, c, ns, keyID)
 	t.Logf("secret %s/at-rest: %d raw bytes, keyID %q, %d annotations", ns, len(raw), obj.KeyID, len(obj.Annotations))
+	checkKeyIDHashJoins(ctx, t, c, keyID)
 
 	if !contains(c.EncryptedResources, "configmaps") {
 		t.Logf("the EncryptionConfiguration does not list configmaps; skipping the ConfigMap check")
@@ -49,6 +52,36 @@ func TestEncryptionAtRest(t *testing.T) {
 		t.Fatalf("configmap value = %q, want %q", got.Data["value"], cmValue)
 	}
 	checkEncrypted(ctx, t, c, "configmaps", ns, "at-rest", cmValue, keyID)
+}
+
+// checkKeyIDHashJoins checks that the key_id hash kube-apiserver records
+// from its Status polls is the one kms-plugin publishes as
+// kms_plugin_current_key_id_hash_info (kms.KeyIDHash), so that the PromQL
+// join in docs/operations.md matches.
+func checkKeyIDHashJoins(ctx context.Context, t *testing.T, c *cluster.Cluster, keyID string) {
+	t.Helper()
+	provider := strings.TrimSuffix(strings.TrimPrefix(c.Prefix(), "k8s:enc:kms:v2:"), ":")
+	series := "apiserver_envelope_encryption_key_id_hash_status_last_timestamp_seconds{"
+	var seen []string
+	err := cluster.Poll(ctx, time.Second, 2*time.Minute, "kube-apiserver to record the key_id hash of a Status poll", func(ctx context.Context) (bool, error) {
+		body, err := c.Client.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
+		if err != nil {
+			return false, nil
+		}
+		seen = nil
+		for _, line := range strings.Split(string(body), "\n") {
+			if strings.HasPrefix(line, series) && strings.Contains(line, `provider_name="`+provider+`"`) {
+				seen = append(seen, line)
+				if strings.Contains(line, `key_id_hash="`+kms.KeyIDHash(keyID)+`"`) {
+					return true, nil
+				}
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		t.Fatalf("%v; the series kube-apiserver has for %s: %q; kms-plugin publishes %s", err, provider, seen, kms.KeyIDHash(keyID))
+	}
 }
 
 // checkSecretAtRest creates the Secret ns/at-rest, checks that it reads back
