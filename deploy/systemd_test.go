@@ -15,6 +15,7 @@ import (
 	kmsapi "k8s.io/kms/apis/v2"
 
 	"github.com/kms-plugin/kms-plugin/kms"
+	"github.com/kms-plugin/kms-plugin/test/plugintest"
 	"github.com/kms-plugin/kms-plugin/test/testbin"
 )
 
@@ -154,7 +155,7 @@ func TestSystemdUnitCommandLineServes(t *testing.T) {
 	cmd := exec.Command(args[0], args[1:]...)
 	// systemd starts services with a near-empty environment, plus the file.
 	cmd.Env = append([]string{"PATH=/usr/bin:/bin"}, strings.Fields(string(env))...)
-	logs := &strings.Builder{}
+	logs := &plugintest.Buffer{}
 	cmd.Stderr = logs
 	old := syscall.Umask(0o077) // UMask=0077
 	err = cmd.Start()

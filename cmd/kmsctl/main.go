@@ -40,7 +40,7 @@ func newRootCmd() *cobra.Command {
 	// --version without -v: -v means --verbose wherever a command has it.
 	root.Flags().Bool("version", false, "print kmsctl's version")
 	root.AddCommand(newKeyringCmd(), newStatusCmd(), newVaultCmd(), newBenchCmd(), newConformanceCmd())
-	root.AddCommand(newVerifyCmd(), newMigrateCmd(), newRotateCmd())
+	root.AddCommand(newVerifyCmd(), newMigrateCmd(), newRotateCmd(), newDoctorCmd())
 	refuseUnknownSubcommands(root)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return flagError(err) })
 	return root

@@ -39,6 +39,9 @@ type Provider struct {
 	Type string
 	// Name is the kms provider's name; empty for other types.
 	Name string
+	// Endpoint is the kms provider's socket (unix:///path); empty for
+	// other types.
+	Endpoint string
 }
 
 // Load reads, decodes and validates an EncryptionConfiguration file as
@@ -84,9 +87,9 @@ func providerOf(p apiserver.ProviderConfiguration) Provider {
 	case p.Secretbox != nil:
 		return Provider{Type: "secretbox"}
 	case p.KMS != nil && p.KMS.APIVersion == "v2":
-		return Provider{Type: "kms-v2", Name: p.KMS.Name}
+		return Provider{Type: "kms-v2", Name: p.KMS.Name, Endpoint: p.KMS.Endpoint}
 	case p.KMS != nil:
-		return Provider{Type: "kms-v1", Name: p.KMS.Name}
+		return Provider{Type: "kms-v1", Name: p.KMS.Name, Endpoint: p.KMS.Endpoint}
 	default:
 		return Provider{Type: "identity"}
 	}

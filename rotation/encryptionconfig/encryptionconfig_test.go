@@ -30,7 +30,7 @@ func TestParse(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Parse() = %v", err)
 	}
-	want := []Provider{{Type: "kms-v2", Name: "vault"}, {Type: "kms-v2", Name: "kms-plugin"}, {Type: "identity"}}
+	want := []Provider{{Type: "kms-v2", Name: "vault", Endpoint: "unix:///var/run/kms-plugin/vault.sock"}, {Type: "kms-v2", Name: "kms-plugin", Endpoint: "unix:///var/run/kms-plugin/kms.sock"}, {Type: "identity"}}
 	if len(cfg) != 2 || !reflect.DeepEqual(cfg[1].Providers, want) {
 		t.Fatalf("Parse() = %+v, want second entry's providers %+v", cfg, want)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/kms-plugin/kms-plugin/kms"
 	"github.com/kms-plugin/kms-plugin/test/cluster"
+	"github.com/kms-plugin/kms-plugin/test/testbin"
 )
 
 // TestEncryptionAtRest checks that Secrets (and ConfigMaps, when the
@@ -34,6 +35,7 @@ func TestEncryptionAtRest(t *testing.T) {
 	raw, obj := checkSecretAtRest(ctx, t, c, ns, keyID)
 	t.Logf("secret %s/at-rest: %d raw bytes, keyID %q, %d annotations", ns, len(raw), obj.KeyID, len(obj.Annotations))
 	checkKeyIDHashJoins(ctx, t, c, keyID)
+	checkDoctor(ctx, t, c)
 
 	if !contains(c.EncryptedResources, "configmaps") {
 		t.Logf("the EncryptionConfiguration does not list configmaps; skipping the ConfigMap check")
@@ -81,6 +83,28 @@ func checkKeyIDHashJoins(ctx context.Context, t *testing.T, c *cluster.Cluster, 
 	})
 	if err != nil {
 		t.Fatalf("%v; the series kube-apiserver has for %s: %q; kms-plugin publishes %s", err, provider, seen, kms.KeyIDHash(keyID))
+	}
+}
+
+// checkDoctor runs kmsctl doctor against the running control plane, with
+// etcd and a kubeconfig, and expects every check to pass: the sockets, the
+// plugins' Status, the sampled etcd prefixes and kube-apiserver's record of
+// the key.
+func checkDoctor(ctx context.Context, t *testing.T, c *cluster.Cluster) {
+	t.Helper()
+	if c.EncryptionConfigPath() == "" {
+		t.Log("an existing cluster: its EncryptionConfiguration is not on this host; skipping kmsctl doctor")
+		return
+	}
+	args := append([]string{"doctor", "--encryption-config", c.EncryptionConfigPath(), "--kubeconfig", c.Kubeconfig(t), "--interval", "200ms"}, c.EtcdFlags()...)
+	r := testbin.Command(ctx, c.Kmsctl(), args...)
+	if r.Err != nil {
+		t.Fatalf("kmsctl doctor on a healthy control plane: %s", r)
+	}
+	for _, want := range []string{"PASS  etcd secrets", "PASS  kube-apiserver key ", "0 failed, 0 warnings"} {
+		if !strings.Contains(r.Stdout, want) {
+			t.Errorf("kmsctl doctor output lacks %q:\n%s", want, r.Stdout)
+		}
 	}
 }
 
