@@ -20,6 +20,7 @@ import (
 	"github.com/kms-plugin/kms-plugin/kms"
 	"github.com/kms-plugin/kms-plugin/kms/contract"
 	"github.com/kms-plugin/kms-plugin/providers/local"
+	"github.com/kms-plugin/kms-plugin/providers/vault"
 	"github.com/kms-plugin/kms-plugin/rotation/encryptionconfig"
 	"github.com/kms-plugin/kms-plugin/rotation/verify"
 )
@@ -67,11 +68,12 @@ type doctorFlags struct {
 	sample           int64
 	kf               kubeFlags
 	ef               etcdFlags
+	vaultCfg         vault.Config
 	out              output
 }
 
 func newDoctorCmd() *cobra.Command {
-	d := &doctorFlags{}
+	d := &doctorFlags{vaultCfg: vault.DefaultConfig()}
 	cmd := &cobra.Command{
 		Use:   "doctor",
 		Short: "Check a control-plane node's KMS setup, one line per check with a hint",
@@ -82,6 +84,9 @@ that the plugin answers Status healthy with version v2, and that its key_id
 is stable across two polls.
 
 With --keyring, it checks each local keyring file (mode, owner, parse).
+With --vault-key (and the plugin's other --vault-* flags), it checks that
+Vault answers with the key, the token's remaining lifetime, and that the
+token may do exactly what the plugin needs (sys/capabilities-self).
 With etcd flags (--endpoints or ETCDCTL_ENDPOINTS), it samples stored
 objects of each resource and checks that the KMS provider names their
 prefixes carry are ones the configuration still lists. With a kubeconfig
@@ -100,6 +105,7 @@ Every check is one line: PASS, WARN or FAIL. Any FAIL exits non-zero.`,
 	f.Int64Var(&d.sample, "sample", 200, "stored objects per resource to sample from etcd, when etcd flags are given")
 	d.kf.register(cmd)
 	d.ef.register(cmd)
+	addVaultFlags(f, &d.vaultCfg)
 	addOutputFlag(cmd, &d.out)
 	return cmd
 }
@@ -132,6 +138,9 @@ func (d *doctorFlags) run(cmd *cobra.Command) error {
 	}
 	for _, path := range d.keyrings {
 		checkKeyring(r, path)
+	}
+	if d.vaultCfg.Key != "" {
+		d.checkVault(cmd, r)
 	}
 	if err := d.print(cmd.OutOrStdout(), r); err != nil {
 		return err
@@ -237,6 +246,52 @@ func checkKeyring(r *doctorReport, path string) {
 		primary = k.KeyID(p.Version)
 	}
 	r.add(checkPass, "keyring "+path, fmt.Sprintf("mode and owner accepted, parses; %d versions, primary %s", len(k.Infos()), primary), "")
+}
+
+// tokenWarnTTL is how close to expiry a token must be for a warning: the
+// plugin renews a renewable token long before, so a token this close is
+// one that can no longer be renewed.
+const tokenWarnTTL = time.Hour
+
+// checkVault logs in as the plugin would and checks the key, the token's
+// lifetime and the token's capabilities against the plugin's policy.
+func (d *doctorFlags) checkVault(cmd *cobra.Command, r *doctorReport) {
+	name := "vault " + d.vaultCfg.Mount + "/" + d.vaultCfg.Key
+	p, err := openVault(cmd, d.vaultCfg)
+	if err != nil {
+		r.add(checkFail, name, err.Error(), "check --vault-addr, the auth flags and the token or credentials files")
+		return
+	}
+	defer p.Close()
+	key, err := p.Current()
+	if err != nil {
+		r.add(checkFail, name, err.Error(), "Vault is unreachable, sealed, or the key is missing: see docs/vault.md")
+		return
+	}
+	r.add(checkPass, name, "reachable; current key_id "+key.ID, "")
+	ctx, cancel := context.WithTimeout(cmd.Context(), d.timeout)
+	defer cancel()
+	a, err := p.CheckAccess(ctx)
+	if err != nil {
+		r.add(checkFail, "vault token", err.Error(), "")
+		return
+	}
+	switch {
+	case !a.Expires:
+		r.add(checkPass, "vault token", "never expires", "")
+	case a.TTL < tokenWarnTTL:
+		r.add(checkWarn, "vault token", fmt.Sprintf("expires in %s", a.TTL.Round(time.Second)), "raise token_max_ttl, or let the plugin log in again (approle, cert, jwt)")
+	default:
+		r.add(checkPass, "vault token", fmt.Sprintf("expires in %s", a.TTL.Round(time.Second)), "")
+	}
+	switch {
+	case len(a.Missing) > 0:
+		r.add(checkFail, "vault policy", "the token lacks "+strings.Join(a.Missing, ", "), "apply kmsctl vault policy --role plugin to the token's role")
+	case len(a.Extra) > 0:
+		r.add(checkWarn, "vault policy", "the token may do more than the plugin needs: "+strings.Join(a.Extra, ", "), "least privilege: give the plugin only kmsctl vault policy --role plugin")
+	default:
+		r.add(checkPass, "vault policy", "exactly what the plugin needs: update on encrypt and decrypt, read on the key", "")
+	}
 }
 
 func (d *doctorFlags) etcdGiven(cmd *cobra.Command) bool {

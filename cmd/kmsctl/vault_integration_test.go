@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/vault/api"
+
 	"github.com/kms-plugin/kms-plugin/providers"
 	"github.com/kms-plugin/kms-plugin/providers/vault"
 	"github.com/kms-plugin/kms-plugin/test/vaultserver"
@@ -83,5 +85,79 @@ func TestVaultCommandsAgainstVault(t *testing.T) {
 	}
 	if _, err := plugin.Decrypt(ctx, k1, ct, nil); !providers.IsRevocation(err) {
 		t.Errorf("Decrypt(retired) = %v, want a revocation-class error", err)
+	}
+}
+
+// TestDoctorChecksVault runs kmsctl doctor's Vault checks against a real
+// Vault with three tokens: root (more than the plugin needs: a warning),
+// one with exactly the plugin policy (every check passes), and one that
+// may encrypt but not decrypt (a failure, and a non-zero exit).
+func TestDoctorChecksVault(t *testing.T) {
+	s := vaultserver.StartTransit(t, vaultserver.Options{}, "transit", "kms")
+	clearVaultEnv(t)
+	t.Setenv("ETCDCTL_ENDPOINTS", "")
+	t.Setenv("KUBECONFIG", "")
+	t.Setenv("VAULT_ADDR", s.Addr)
+	cfg := encryptionConfig(t, "kms-plugin", serveLocal(t))
+	root := s.Client(t)
+	token := func(policy, hcl string) string {
+		t.Helper()
+		s.WritePolicy(t, policy, hcl)
+		tok, err := root.Auth().Token().Create(&api.TokenCreateRequest{Policies: []string{policy}, TTL: "2h"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok.Auth.ClientToken
+	}
+	doctor := func(tok string) (doctorReport, error) {
+		t.Helper()
+		t.Setenv("VAULT_TOKEN", tok)
+		out, err := kmsctl("doctor", "--encryption-config", cfg, "--interval", "50ms", "--vault-key", "kms", "-o", "json")
+		var rep doctorReport
+		if jerr := json.Unmarshal([]byte(out), &rep); jerr != nil {
+			t.Fatalf("doctor -o json: %v\n%s", jerr, out)
+		}
+		return rep, err
+	}
+	result := func(rep doctorReport, name string) check {
+		for _, c := range rep.Checks {
+			if c.Check == name {
+				return c
+			}
+		}
+		t.Fatalf("no %q check in %+v", name, rep)
+		return check{}
+	}
+
+	rep, err := doctor(s.RootToken)
+	if err != nil {
+		t.Fatalf("doctor with the root token = %v (warnings must not fail it): %+v", err, rep)
+	}
+	if c := result(rep, "vault policy"); c.Result != checkWarn || !strings.Contains(c.Detail, "root") {
+		t.Errorf("root token: policy check %+v, want a warning naming root", c)
+	}
+	if c := result(rep, "vault transit/kms"); c.Result != checkPass || !strings.Contains(c.Detail, "vault:transit/kms:v1:") {
+		t.Errorf("vault check %+v, want PASS with the key_id", c)
+	}
+
+	hcl, err := vault.Policy(vault.RolePlugin, "transit", "kms")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err = doctor(token("kms-plugin", hcl))
+	if err != nil || rep.Warned != 0 {
+		t.Fatalf("doctor with the plugin policy = %v, %+v; want every check to pass", err, rep)
+	}
+	if c := result(rep, "vault token"); c.Result != checkPass || !strings.Contains(c.Detail, "expires in 1h59m") && !strings.Contains(c.Detail, "expires in 2h") {
+		t.Errorf("token check %+v, want PASS with about 2h left", c)
+	}
+
+	rep, err = doctor(token("encrypt-only", `path "transit/encrypt/kms" { capabilities = ["update"] }
+path "transit/keys/kms" { capabilities = ["read"] }`))
+	if err == nil {
+		t.Fatalf("doctor with a token that cannot decrypt succeeded: %+v", rep)
+	}
+	if c := result(rep, "vault policy"); c.Result != checkFail || !strings.Contains(c.Detail, "transit/decrypt/kms: update") {
+		t.Errorf("policy check %+v, want FAIL naming the missing decrypt", c)
 	}
 }

@@ -47,6 +47,8 @@ type backend interface {
 	// NodeMoved receives when a call moved on from a node that did not
 	// serve; nil when there is only one node.
 	NodeMoved() <-chan struct{}
+	// CapabilitiesSelf lists what the token in use may do on path.
+	CapabilitiesSelf(ctx context.Context, path string) ([]string, error)
 }
 
 // errKeyMissing is what backend.ReadKey returns when the key does not
@@ -294,6 +296,16 @@ func (b *apiBackend) SetToken(token string) {
 		c.SetToken(token)
 	}
 	b.hot.setToken(token)
+}
+
+func (b *apiBackend) CapabilitiesSelf(ctx context.Context, path string) ([]string, error) {
+	var caps []string
+	err := b.sdk(ctx, func(c *api.Client) error {
+		var err error
+		caps, err = c.Sys().CapabilitiesSelfWithContext(ctx, path)
+		return err
+	})
+	return caps, err
 }
 
 func (b *apiBackend) NodeMoved() <-chan struct{} {

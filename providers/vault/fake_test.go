@@ -76,6 +76,10 @@ func (f *fakeBackend) FollowLeader(context.Context) (bool, error) { return true,
 
 func (f *fakeBackend) NodeMoved() <-chan struct{} { return nil }
 
+func (f *fakeBackend) CapabilitiesSelf(context.Context, string) ([]string, error) {
+	return []string{"update", "read"}, nil
+}
+
 func (f *fakeBackend) Encrypt(ctx context.Context, version int64, plaintext, ad []byte) (string, error) {
 	f.count("encrypt")
 	if f.encrypt != nil {

@@ -1,8 +1,12 @@
 package vault
 
 import (
+	"context"
 	"fmt"
+	"slices"
+	"sort"
 	"strings"
+	"time"
 
 	"github.com/kms-plugin/kms-plugin/providers"
 )
@@ -45,4 +49,67 @@ func Policy(role, mount, key string) (string, error) {
 		rule("keys/"+key+"/config", "update", "kmsctl vault retire (min_decryption_version).")
 	}
 	return strings.TrimSuffix(b.String(), "\n"), nil
+}
+
+// pluginNeeds are the paths and capabilities of Policy(RolePlugin, ...):
+// what the plugin's token must be granted, and all it should be.
+func pluginNeeds(mount, key string) map[string]string {
+	mount = strings.Trim(mount, "/")
+	return map[string]string{
+		mount + "/encrypt/" + key: "update",
+		mount + "/decrypt/" + key: "update",
+		mount + "/keys/" + key:    "read",
+	}
+}
+
+// Access is what the token in use may do, against what the plugin needs.
+type Access struct {
+	// TTL is the token's remaining lifetime; Expires is false for a token
+	// that never expires.
+	TTL     time.Duration
+	Expires bool
+	// Missing lists "path: capability" that the plugin needs and the
+	// token lacks; Extra lists capabilities beyond the plugin's needs on
+	// those paths (a root token has "root" everywhere).
+	Missing, Extra []string
+}
+
+// CheckAccess asks Vault (sys/capabilities-self) what the token in use may
+// do on the paths the plugin uses, and compares it with the plugin policy.
+func (p *Provider) CheckAccess(ctx context.Context) (Access, error) {
+	var a Access
+	if ttl, ok := p.sess.ttlRemaining(); ok {
+		a.TTL, a.Expires = ttl, true
+	}
+	needs := pluginNeeds(p.cfg.Mount, p.cfg.Key)
+	paths := make([]string, 0, len(needs))
+	for path := range needs {
+		paths = append(paths, path)
+	}
+	sort.Strings(paths)
+	for _, path := range paths {
+		var caps []string
+		err := p.call(ctx, opLookup, func(ctx context.Context) error {
+			var err error
+			caps, err = p.be.CapabilitiesSelf(ctx, path)
+			return err
+		})
+		if err != nil {
+			return Access{}, fmt.Errorf("read the token's capabilities on %s: %w", path, err)
+		}
+		want, has := needs[path], false
+		for _, c := range caps {
+			switch {
+			case c == want:
+				has = true
+			case c == "deny":
+			default:
+				a.Extra = append(a.Extra, path+": "+c)
+			}
+		}
+		if !has && !slices.Contains(caps, "root") {
+			a.Missing = append(a.Missing, path+": "+want)
+		}
+	}
+	return a, nil
 }
