@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -428,22 +429,13 @@ func (d *doctorFlags) checkAPIServer(ctx context.Context, r *doctorReport, provi
 			r.add(checkWarn, name, "kube-apiserver has recorded no Status poll of this provider yet", "it polls about once a minute; run again")
 		case hashes[len(hashes)-1] == want && len(hashes) == 1:
 			r.add(checkPass, name, "kube-apiserver's last Status poll saw the plugin's current key ("+want+")", "")
-		case containsString(hashes, want):
+		case slices.Contains(hashes, want):
 			r.add(checkWarn, name, fmt.Sprintf("kube-apiserver recorded %d keys for this provider, the plugin's current one among them", len(hashes)), "normal for a minute or so after a rotation")
 		default:
 			r.add(checkFail, name, fmt.Sprintf("kube-apiserver recorded %s, the plugin's current key is %s", strings.Join(hashes, ", "), want),
 				"kube-apiserver talks to another plugin, or has not polled since a rotation: check its --encryption-provider-config and the socket")
 		}
 	}
-}
-
-func containsString(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func (d *doctorFlags) print(w io.Writer, r *doctorReport) error {

@@ -43,13 +43,24 @@ func exitCode(err error) int {
 // socket, or a socket nobody answers on. Any answer, even an error status,
 // means the plugin is there.
 func reachPlugin(ctx context.Context, client kmsapi.KeyManagementServiceClient, endpoint string, timeout time.Duration) error {
+	_, err := callStatus(ctx, client, endpoint, timeout)
+	var unreachable *exitError
+	if errors.As(err, &unreachable) {
+		return err
+	}
+	return nil
+}
+
+// callStatus is reachPlugin that also returns the plugin's answer (or the
+// error status it answered with).
+func callStatus(ctx context.Context, client kmsapi.KeyManagementServiceClient, endpoint string, timeout time.Duration) (*kmsapi.StatusResponse, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	_, err := client.Status(ctx, &kmsapi.StatusRequest{})
-	if c := status.Code(err); c != codes.Unavailable && c != codes.DeadlineExceeded {
-		return nil
+	resp, err := client.Status(ctx, &kmsapi.StatusRequest{})
+	if c := status.Code(err); err != nil && (c == codes.Unavailable || c == codes.DeadlineExceeded) {
+		return nil, &exitError{code: exitUnreachable, err: fmt.Errorf("cannot reach plugin at %s: %s", endpoint, whyUnreachable(endpoint, timeout))}
 	}
-	return &exitError{code: exitUnreachable, err: fmt.Errorf("cannot reach plugin at %s: %s", endpoint, whyUnreachable(endpoint, timeout))}
+	return resp, err
 }
 
 // whyUnreachable looks at what is at a unix endpoint.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -148,14 +149,13 @@ func statusOf(ctx context.Context, endpoint string, timeout time.Duration) (*kms
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := reachPlugin(ctx, client, endpoint, timeout); err != nil {
+	resp, err := callStatus(ctx, client, endpoint, timeout)
+	var unreachable *exitError
+	switch {
+	case errors.As(err, &unreachable):
 		_ = conn.Close()
 		return nil, nil, err
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	resp, err := client.Status(ctx, &kmsapi.StatusRequest{})
-	if err != nil {
+	case err != nil:
 		_ = conn.Close()
 		return nil, nil, fmt.Errorf("status of %s: %s: %s", endpoint, status.Code(err), status.Convert(err).Message())
 	}

@@ -131,7 +131,7 @@ func (b *apiBackend) path(parts ...string) string {
 // sdk runs fn with the current node's SDK client, failing over like the
 // hot path.
 func (b *apiBackend) sdk(ctx context.Context, fn func(c *api.Client) error) error {
-	return b.eps.do(ctx, func(i int, _ string) error { return fn(b.clients[i]) })
+	return b.eps.do(ctx, func(i int) error { return fn(b.clients[i]) })
 }
 
 func (b *apiBackend) Encrypt(ctx context.Context, version int64, plaintext, ad []byte) (string, error) {

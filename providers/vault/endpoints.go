@@ -51,11 +51,8 @@ func (e *endpoints) at(i int, path string) *url.URL {
 	return &u
 }
 
-// current returns the index and URL of the node to use.
-func (e *endpoints) current() (int, string) {
-	i := int(e.cur.Load())
-	return i, e.urls[i]
-}
+// current returns the index of the node to use.
+func (e *endpoints) current() int { return int(e.cur.Load()) }
 
 // downFor is how long a node that failed is passed over. A node that is
 // gone may cost a connect timeout per try on a real network.
@@ -101,11 +98,11 @@ func (e *endpoints) prefer(u *url.URL) bool {
 
 // do runs fn on the current node and, while the error says that node does
 // not serve, on each other node in turn: at most one try per node.
-func (e *endpoints) do(ctx context.Context, fn func(i int, base string) error) error {
+func (e *endpoints) do(ctx context.Context, fn func(i int) error) error {
 	var err error
 	for range len(e.urls) {
-		i, base := e.current()
-		if err = fn(i, base); err == nil || !nodeDown(err) {
+		i := e.current()
+		if err = fn(i); err == nil || !nodeDown(err) {
 			return err
 		}
 		e.failed(i)

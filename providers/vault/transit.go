@@ -171,7 +171,7 @@ func (p *base64Bytes) UnmarshalJSON(d []byte) error {
 // post sends body to path on the current node, failing over to the
 // others, and decodes a 2xx answer's JSON into out.
 func (t *transitHTTP) post(ctx context.Context, path string, body []byte, out any) error {
-	return t.eps.do(ctx, func(i int, _ string) error {
+	return t.eps.do(ctx, func(i int) error {
 		return t.postTo(ctx, t.eps.at(i, path), body, out, nil)
 	})
 }

@@ -104,7 +104,7 @@ func TestHotPathFailsOverToTheNextNode(t *testing.T) {
 	if _, err := be.Encrypt(context.Background(), 1, []byte("seed"), nil); err != nil {
 		t.Fatalf("Encrypt with one node down and one sealed: %v", err)
 	}
-	if i, _ := be.eps.current(); i != 2 {
+	if i := be.eps.current(); i != 2 {
 		t.Errorf("current node %d, want 2 (the one that served)", i)
 	}
 	if sealedCalls.Load() != 1 || good.calls.Load() != 1 {
@@ -158,7 +158,7 @@ func TestHotPathFollowsARedirectToTheActiveNode(t *testing.T) {
 	if active.token.Load() != "hvs.token" {
 		t.Errorf("the active node got token %q", active.token.Load())
 	}
-	if i, _ := be.eps.current(); i != 1 {
+	if i := be.eps.current(); i != 1 {
 		t.Errorf("current node %d after a redirect to node 1", i)
 	}
 }
@@ -209,7 +209,7 @@ func TestFollowLeaderPrefersTheActiveNode(t *testing.T) {
 	if found, err := be.FollowLeader(ctx); err != nil || !found {
 		t.Fatalf("FollowLeader = %v, %v", found, err)
 	}
-	if i, _ := be.eps.current(); i != 2 {
+	if i := be.eps.current(); i != 2 {
 		t.Errorf("current node %d, want the leader, 2", i)
 	}
 	u, _ := url.Parse("https://elsewhere:8200")
