@@ -50,6 +50,35 @@ type batchItem struct {
 	done       chan struct{}
 	plaintext  []byte
 	err        error
+	// settled is taken by whichever comes first: the sender delivering
+	// the result, or the caller giving up. A result delivered to a caller
+	// that gave up is zeroed by the sender; nobody else would.
+	settled atomic.Bool
+}
+
+// deliver hands the item its result, or zeroes the plaintext if the
+// caller already gave up.
+func (it *batchItem) deliver(pt []byte, err error) {
+	if !it.settled.CompareAndSwap(false, true) {
+		clear(pt)
+		pt = nil
+	}
+	it.plaintext, it.err = pt, err
+	close(it.done)
+}
+
+// wait returns the item's result, or ctx's error if ctx ends first.
+func (it *batchItem) wait(ctx context.Context) ([]byte, error) {
+	select {
+	case <-it.done:
+		return it.plaintext, it.err
+	case <-ctx.Done():
+		if it.settled.CompareAndSwap(false, true) {
+			return nil, ctx.Err() // the sender will zero what arrives
+		}
+		<-it.done // delivered meanwhile: take it
+		return it.plaintext, it.err
+	}
 }
 
 func newDecryptBatcher(hot *transitHTTP) *decryptBatcher {
@@ -71,14 +100,7 @@ func (b *decryptBatcher) decrypt(ctx context.Context, ciphertext string, ad []by
 	it := &batchItem{ciphertext: ciphertext, ad: ad, done: make(chan struct{})}
 	b.queue = append(b.queue, it)
 	b.mu.Unlock()
-	select {
-	case <-it.done:
-		return it.plaintext, it.err
-	case <-ctx.Done():
-		// The batch goes on without this caller; its plaintext, if any,
-		// is zeroed when it arrives (see send).
-		return nil, ctx.Err()
-	}
+	return it.wait(ctx)
 }
 
 // release hands a finished request's slot to the queue: what queued goes
@@ -108,8 +130,7 @@ func (b *decryptBatcher) send(items []*batchItem) {
 	defer cancel()
 	if len(items) == 1 || b.off.Load() {
 		for _, it := range items {
-			it.plaintext, it.err = b.hot.decrypt(ctx, it.ciphertext, it.ad)
-			close(it.done)
+			it.deliver(b.hot.decrypt(ctx, it.ciphertext, it.ad))
 		}
 		return
 	}
@@ -117,18 +138,16 @@ func (b *decryptBatcher) send(items []*batchItem) {
 	if errors.Is(err, errNotBatch) {
 		b.off.Store(true)
 		for _, it := range items {
-			it.plaintext, it.err = b.hot.decrypt(ctx, it.ciphertext, it.ad)
-			close(it.done)
+			it.deliver(b.hot.decrypt(ctx, it.ciphertext, it.ad))
 		}
 		return
 	}
 	for i, it := range items {
 		if err != nil {
-			it.err = err
+			it.deliver(nil, err)
 		} else {
-			it.plaintext, it.err = results[i].plaintext, results[i].err
+			it.deliver(results[i].plaintext, results[i].err)
 		}
-		close(it.done)
 	}
 }
 
@@ -174,7 +193,7 @@ func (t *transitHTTP) decryptBatch(ctx context.Context, items []*batchItem) ([]b
 	}
 	// When every item failed, transit answers 400 with the items' errors
 	// in the batch results: that answer is a batch response too.
-	err := t.eps.do(ctx, func(i int, _ string) error {
+	err := t.eps.do(ctx, func(i int) error {
 		return t.postTo(ctx, t.eps.at(i, t.decPath), body.Bytes(), &out, func() bool { return len(out.Data.BatchResults) > 0 })
 	})
 	if err != nil {

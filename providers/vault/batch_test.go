@@ -181,3 +181,26 @@ func TestBatchDecryptAloneAddsNoRequest(t *testing.T) {
 		t.Errorf("20 sequential Decrypts made %d requests, %d batches; want 20 single requests", s.requests.Load(), s.batches.Load())
 	}
 }
+
+// TestBatchItemZeroesAPlaintextNobodyWaitsFor: a caller that gave up
+// before its batch came back leaves no copy of its DEK seed behind; one
+// whose result arrived first still gets it.
+func TestBatchItemZeroesAPlaintextNobodyWaitsFor(t *testing.T) {
+	gone, cancel := context.WithCancel(context.Background())
+	cancel()
+	it := &batchItem{done: make(chan struct{})}
+	if _, err := it.wait(gone); !errors.Is(err, context.Canceled) {
+		t.Fatalf("wait after the caller gave up = %v", err)
+	}
+	seed := []byte("seed-0123456789")
+	it.deliver(seed, nil)
+	if string(seed) != string(make([]byte, len(seed))) || it.plaintext != nil {
+		t.Errorf("a plaintext delivered after its caller left = %q (item %q), want it zeroed", seed, it.plaintext)
+	}
+
+	it = &batchItem{done: make(chan struct{})}
+	it.deliver([]byte("seed"), nil)
+	if pt, err := it.wait(gone); err != nil || string(pt) != "seed" {
+		t.Errorf("wait with a result already delivered = %q, %v; want the result", pt, err)
+	}
+}
