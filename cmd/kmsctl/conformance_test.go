@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net"
 	"os"
@@ -139,5 +140,39 @@ func TestBenchFailsOnFailedCalls(t *testing.T) {
 	}
 	if out, err := kmsctl(append(args, "--max-error-rate", "1")...); err != nil {
 		t.Errorf("bench --max-error-rate 1 = %v, want success\n%s", err, out)
+	}
+}
+
+// TestBenchRefusesMixedUpFloorFlags: a floor or --pid an operator got
+// wrong is refused before anything runs, naming the flag, and never with
+// the Vault token on a command line.
+func TestBenchRefusesMixedUpFloorFlags(t *testing.T) {
+	clearVaultEnv(t)
+	ep := serveLocal(t)
+	base := []string{"bench", "--endpoint", ep, "--duration", "100ms", "--warmup", "0", "--rounds", "1"}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--baseline", "--floor", "vault"}, `--floor "vault"`},
+		{[]string{"--baseline", "--floor", "transit"}, "needs --vault-addr"},
+		{[]string{"--baseline", "--floor", "transit", "--vault-addr", "http://127.0.0.1:8200", "--vault-key", "kms"}, "needs a Vault token"},
+		{[]string{"--baseline", "--floor", "transit", "--vault-addr", "http://127.0.0.1:8200", "--vault-key", "kms", "--vault-token-file", "/nonexistent/token"}, "--vault-token-file"},
+		{[]string{"--pid", "-5"}, "--pid -5"},
+	} {
+		out, err := kmsctl(append(base, tc.args...)...)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("kmsctl bench %q = %v, want an error naming %q\n%s", tc.args, err, tc.want, out)
+		}
+	}
+	// The plugin's process is found from the socket: CPU per call is
+	// reported without --pid.
+	out, err := kmsctl(append(base, "--op", "status", "-o", "json")...)
+	if err != nil {
+		t.Fatalf("kmsctl bench = %v\n%s", err, out)
+	}
+	var rep benchReport
+	if err := json.Unmarshal([]byte(out), &rep); err != nil || len(rep.Rounds) != 1 || rep.Rounds[0].CPUMsPer1000 <= 0 {
+		t.Errorf("bench -o json = %v, %+v; want a round with the plugin's CPU per 1000 calls", err, rep)
 	}
 }
