@@ -19,6 +19,8 @@ type Probe struct {
 	Warning error
 	// KeyID is the current key_id when the probe ran ("" if unknown).
 	KeyID string
+	// KeyCreated is when that key version was made; zero if unknown.
+	KeyCreated time.Time
 	// At is when the probe finished; zero before the first probe.
 	At time.Time
 }
@@ -79,7 +81,7 @@ func (h *Health) ProbeNow(ctx context.Context) Probe {
 		p.Warning = w.Warning()
 	}
 	if key, kerr := h.provider.Current(); kerr == nil {
-		p.KeyID = key.ID
+		p.KeyID, p.KeyCreated = key.ID, key.Created
 	} else if p.Err == nil {
 		p.Err = kerr
 	}

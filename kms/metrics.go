@@ -29,6 +29,7 @@ type Metrics struct {
 	degraded        prometheus.Gauge
 	currentKey      *prometheus.GaugeVec
 	currentKeyHash  *prometheus.GaugeVec
+	keyCreated      prometheus.Gauge
 	lastKeyID       string
 	lastProbe       atomic.Int64 // Unix nanoseconds of the last probe; 0 before the first
 
@@ -76,6 +77,10 @@ func NewMetrics(reg prometheus.Registerer, provider string) *Metrics {
 			Name: "kms_plugin_current_key_id_hash_info",
 			Help: "The hash of the key_id that Encrypt uses now, as kube-apiserver labels its apiserver_envelope_encryption_key_id_hash_* series (value is always 1).",
 		}, []string{"key_id_hash"}),
+		keyCreated: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kms_plugin_current_key_created_timestamp_seconds",
+			Help: "Unix time at which the key version that Encrypt uses now was created; 0 when the backend does not say. The rotation-policy alert compares it with time().",
+		}),
 	}
 	cacheAge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "kms_plugin_status_cache_age_seconds",
@@ -103,7 +108,7 @@ func NewMetrics(reg prometheus.Registerer, provider string) *Metrics {
 		ConstLabels: prometheus.Labels{"version": Version, "go_version": runtime.Version(), "provider": provider},
 	})
 	buildInfo.Set(1)
-	reg.MustRegister(m.requests, m.latency, m.providerLatency, m.healthy, m.degraded, m.currentKey, m.currentKeyHash, cacheAge, buildInfo,
+	reg.MustRegister(m.requests, m.latency, m.providerLatency, m.healthy, m.degraded, m.currentKey, m.currentKeyHash, m.keyCreated, cacheAge, buildInfo,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -138,6 +143,9 @@ func (m *Metrics) setHealth(p Probe) {
 		m.currentKeyHash.Reset()
 		m.currentKeyHash.WithLabelValues(KeyIDHash(p.KeyID)).Set(1)
 		m.lastKeyID = p.KeyID
+	}
+	if !p.KeyCreated.IsZero() {
+		m.keyCreated.Set(float64(p.KeyCreated.Unix()))
 	}
 }
 

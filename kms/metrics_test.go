@@ -51,4 +51,12 @@ func TestStatusCacheAgeAndKeyHashFollowTheProbe(t *testing.T) {
 	if v, l := value("kms_plugin_current_key_id_hash_info"); v != 1 || l["key_id_hash"] != KeyIDHash("k2") {
 		t.Errorf("key hash series = %v %v, want only k2's", v, l)
 	}
+	if v, _ := value("kms_plugin_current_key_created_timestamp_seconds"); v != 0 {
+		t.Errorf("key creation time before any backend said it = %v, want 0", v)
+	}
+	created := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	m.setHealth(Probe{KeyID: "k3", KeyCreated: created, At: time.Now()})
+	if v, _ := value("kms_plugin_current_key_created_timestamp_seconds"); v != float64(created.Unix()) {
+		t.Errorf("key creation time = %v, want %v", v, created.Unix())
+	}
 }

@@ -23,6 +23,10 @@ type Key struct {
 	// its version number). It travels inside the ciphertext envelope so
 	// that Decrypt can find the version without trusting the caller.
 	Ref []byte
+	// Created is when the version was made; zero when the backend does
+	// not say. Only Current fills it: it is what the key-age metric and
+	// the rotation-policy alert read.
+	Created time.Time
 }
 
 // Provider seals and opens data-encryption keys under a key-encryption key

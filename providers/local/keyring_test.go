@@ -210,6 +210,9 @@ func TestReload(t *testing.T) {
 	if k2.ID == k1.ID {
 		t.Fatalf("Current() after rotation = %q, unchanged", k2.ID)
 	}
+	if k2.Created.IsZero() || k2.Created.Before(k1.Created) {
+		t.Errorf("Current().Created after rotation = %v, want the new version's creation time (first was %v)", k2.Created, k1.Created)
+	}
 	rotated, _ := os.ReadFile(path)
 
 	writeRaw := func(b []byte, mode os.FileMode) {

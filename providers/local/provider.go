@@ -79,6 +79,10 @@ func Open(path string, reloadEvery time.Duration, log *slog.Logger, reg promethe
 		done:        make(chan struct{}),
 		reloadEvery: reloadEvery,
 	}
+	// Both series exist from the start, at 0, so that a rate over them and
+	// the dashboard's panel work before the first reload.
+	p.reloads.WithLabelValues("ok")
+	p.reloads.WithLabelValues("error")
 	if reg != nil {
 		if err := reg.Register(p.reloads); err != nil {
 			return nil, fmt.Errorf("register keyring metrics: %w", err)
@@ -134,8 +138,8 @@ func prepare(k *Keyring) (*loaded, error) {
 	for i := range k.Versions {
 		clear(k.Versions[i].Key)
 	}
-	pv := k.Primary().Version
-	l.primary = providers.Key{ID: k.KeyID(pv), Ref: keyRef(pv)}
+	pv := k.Primary()
+	l.primary = providers.Key{ID: k.KeyID(pv.Version), Ref: keyRef(pv.Version), Created: pv.Created}
 	return l, nil
 }
 

@@ -93,6 +93,10 @@ func (m *metrics) resolve() {
 	for _, o := range []op{opEncrypt, opDecrypt} {
 		m.okObs[o] = m.requests.WithLabelValues(string(o), "ok")
 	}
+	// Renewal series exist from the start, at 0, so that an alert on
+	// failed renewals and the dashboard work before the first renewal.
+	m.renewals.WithLabelValues(result(nil))
+	m.renewals.WithLabelValues(result(errors.New("")))
 }
 
 func (m *metrics) observe(o op, err error, d time.Duration) {

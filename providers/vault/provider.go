@@ -165,7 +165,8 @@ func (p *Provider) Current() (providers.Key, error) {
 		return providers.Key{}, fmt.Errorf("current vault key: metadata not read yet: %w", providers.ErrUnavailable)
 	}
 	v := p.meta.Latest
-	return providers.Key{ID: keyID(p.prefix, v, p.meta.Created[v]), Ref: encodeRef(v)}, nil
+	created := p.meta.Created[v]
+	return providers.Key{ID: keyID(p.prefix, v, created), Ref: encodeRef(v), Created: created}, nil
 }
 
 // Encrypt seals plaintext with exactly the version in key.Ref, binding aad

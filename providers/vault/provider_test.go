@@ -169,6 +169,9 @@ func TestRotationElsewhereShowsUpAfterRefresh(t *testing.T) {
 	if k2.ID == k1.ID || string(k2.Ref) != "2" {
 		t.Fatalf("Current() after rotation = %+v, want version 2 with a new id", k2)
 	}
+	if want := k1.Created.Add(time.Minute); !k2.Created.Equal(want) {
+		t.Errorf("Current().Created after rotation = %v, want transit's creation time of version 2, %v", k2.Created, want)
+	}
 	if got, err := p.Decrypt(context.Background(), k1, ct1, nil); err != nil || string(got) != "one" {
 		t.Errorf("Decrypt(old ciphertext) = %q, %v; want %q", got, err, "one")
 	}
