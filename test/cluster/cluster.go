@@ -8,6 +8,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -341,6 +343,32 @@ func (c *Cluster) Metrics(ctx context.Context) (map[string]*dto.MetricFamily, er
 	if err != nil {
 		return nil, fmt.Errorf("get /metrics: %w", err)
 	}
+	return parseMetrics(b)
+}
+
+// Metrics scrapes the plugin's /metrics on its health address. Only a
+// plugin that the test started has one it knows.
+func (p *Plugin) Metrics(ctx context.Context) (map[string]*dto.MetricFamily, error) {
+	if p.local == nil {
+		return nil, fmt.Errorf("plugin %s: its health address is unknown on an existing cluster", p.Name)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.local.healthAddr+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("plugin %s: get /metrics: %w", p.Name, err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("plugin %s: get /metrics: %s %w", p.Name, resp.Status, err)
+	}
+	return parseMetrics(b)
+}
+
+func parseMetrics(b []byte) (map[string]*dto.MetricFamily, error) {
 	p := expfmt.NewTextParser(model.UTF8Validation)
 	mfs, err := p.TextToMetricFamilies(bytes.NewReader(b))
 	if err != nil {
