@@ -56,7 +56,7 @@ test: servers unit integration e2e ## every test: unit, Vault integration, end t
 unit: ## unit tests and plugin-binary tests, with the race detector
 	$(GO_TEST) -race -count=1 ./...
 
-servers: ## build etcd, kube-apiserver and Vault from the module proxy (cached by version)
+servers: ## build etcd, kube-apiserver, kube-controller-manager and Vault from the module proxy (cached by version)
 	bash test/tools/build.sh all
 
 integration: ## tests against a real Vault server (provider, kmsctl, conformance, deploy scripts, leaks, faults)

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -32,7 +33,16 @@ func (c *Cluster) Kubeconfig(t testing.TB) string {
 	if c.local == nil {
 		return os.Getenv(envKubeconfig)
 	}
-	l := c.local
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := c.local.writeKubeconfig(path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// writeKubeconfig writes a kubeconfig file that reaches the local
+// kube-apiserver as a member of system:masters.
+func (l *local) writeKubeconfig(path string) error {
 	cfg := clientcmdapi.NewConfig()
 	cfg.Clusters["e2e"] = &clientcmdapi.Cluster{
 		Server:                   "https://127.0.0.1:" + strconv.Itoa(l.apiPort),
@@ -44,11 +54,10 @@ func (c *Cluster) Kubeconfig(t testing.TB) string {
 	}
 	cfg.Contexts["e2e"] = &clientcmdapi.Context{Cluster: "e2e", AuthInfo: "admin"}
 	cfg.CurrentContext = "e2e"
-	path := filepath.Join(t.TempDir(), "kubeconfig")
 	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
-		t.Fatalf("write kubeconfig: %v", err)
+		return fmt.Errorf("write kubeconfig: %w", err)
 	}
-	return path
+	return nil
 }
 
 // EtcdFlags returns etcdctl-style flags (as kmsctl verify takes them) that

@@ -93,6 +93,14 @@ type Options struct {
 	// lists every plugin in order, then identity, for secrets and
 	// configmaps.
 	EncryptionConfig string
+	// Controllers, when set, starts kube-controller-manager once
+	// kube-apiserver is ready, running only these controllers (its
+	// --controllers), as an admin client, without leader election. The
+	// storage version migrator needs "storage-version-migrator-controller"
+	// and "garbage-collector-controller": it migrates from the garbage
+	// collector's informers and panics without them. Empty runs no
+	// controller manager, so nothing acts on a StorageVersionMigration.
+	Controllers []string
 }
 
 // Local reports whether the cluster runs on loopback under the test's

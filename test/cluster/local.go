@@ -2,6 +2,8 @@ package cluster
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/http"
@@ -89,6 +91,10 @@ type local struct {
 
 	etcd, apiserver *process
 	client          kubernetes.Interface // polls kube-apiserver's /readyz
+
+	// kube-controller-manager, when Options.Controllers is set.
+	controllerManagerBin string
+	controllerManager    *process
 }
 
 // localPlugin is one kms-plugin process of a local cluster.
@@ -118,6 +124,9 @@ func startLocal(t testing.TB, opts Options) *Cluster {
 
 	l.etcdBin = testbin.Tool(t, "etcd", "etcd")
 	l.apiserverBin = testbin.Tool(t, "kube-apiserver", "kube-apiserver")
+	if len(opts.Controllers) > 0 {
+		l.controllerManagerBin = testbin.Tool(t, "kube-controller-manager", "kube-controller-manager")
+	}
 	pluginBin := testbin.Build(t, "./cmd/kms-plugin")
 	kmsctl := testbin.Build(t, "./cmd/kmsctl")
 
@@ -217,6 +226,17 @@ func startLocal(t testing.TB, opts Options) *Cluster {
 	})
 	if err := l.startAPIServer(ctx); err != nil {
 		t.Fatal(err)
+	}
+
+	if len(opts.Controllers) > 0 {
+		t.Cleanup(func() {
+			if l.controllerManager != nil {
+				l.controllerManager.kill()
+			}
+		})
+		if err := l.startControllerManager(ctx, opts.Controllers); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return c
 }
@@ -444,9 +464,54 @@ func (l *local) restartAPIServer(ctx context.Context) error {
 	return l.startAPIServer(ctx)
 }
 
+// startControllerManager starts kube-controller-manager with only
+// controllers, against the cluster's kube-apiserver as a member of
+// system:masters, and waits until its /healthz answers. It serves on a
+// free loopback port with kube-apiserver's serving certificate, which is
+// valid for 127.0.0.1. It follows a restarted kube-apiserver by itself.
+func (l *local) startControllerManager(ctx context.Context, controllers []string) error {
+	kubeconfig := filepath.Join(l.dir, "kube-controller-manager.kubeconfig")
+	if err := l.writeKubeconfig(kubeconfig); err != nil {
+		return err
+	}
+	port, err := freePort()
+	if err != nil {
+		return err
+	}
+	l.controllerManager, err = startProcess("kube-controller-manager", filepath.Join(l.dir, "kube-controller-manager.log"), l.controllerManagerBin,
+		"--kubeconfig", kubeconfig,
+		"--controllers", strings.Join(controllers, ","),
+		"--leader-elect=false",
+		// Every controller acts with the admin's credentials: there is no
+		// token controller to mint per-controller service-account tokens.
+		"--use-service-account-credentials=false",
+		"--bind-address", "127.0.0.1",
+		"--secure-port", strconv.Itoa(port),
+		"--tls-cert-file", l.pki.ServingCert,
+		"--tls-private-key-file", l.pki.ServingKey,
+		"--profiling=false",
+		// V(2) logs why a StorageVersionMigration is requeued.
+		"--v", "2",
+	)
+	if err != nil {
+		return err
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(l.pki.caPEM)
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
+	// /healthz is one of the paths kube-controller-manager lets through
+	// without authenticating the caller.
+	return waitGet(ctx, l.controllerManager, client, "https://127.0.0.1:"+strconv.Itoa(port)+"/healthz", time.Minute)
+}
+
 // waitHTTP polls url until it answers 200, failing early if p exits.
 func waitHTTP(ctx context.Context, p *process, url string, timeout time.Duration) error {
-	client := &http.Client{Timeout: 2 * time.Second}
+	return waitGet(ctx, p, &http.Client{Timeout: 2 * time.Second}, url, timeout)
+}
+
+// waitGet polls url with client until it answers 200, failing early if p
+// exits.
+func waitGet(ctx context.Context, p *process, client *http.Client, url string, timeout time.Duration) error {
 	return Poll(ctx, 100*time.Millisecond, timeout, p.name+" "+url, func(ctx context.Context) (bool, error) {
 		if ok, err := p.exited(); ok {
 			return false, Permanent(fmt.Errorf("%s exited: %v\n%s", p.name, err, tail(p.log, 20)))

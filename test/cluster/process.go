@@ -15,10 +15,11 @@ import (
 	"time"
 )
 
-// process is one server the local cluster runs: etcd, kube-apiserver or
-// kms-plugin. It runs in its own process group so that a kill reaches
-// anything it forked, and with a parent-death signal so that it dies with
-// the test binary even when the test times out and t.Cleanup never runs.
+// process is one server the local cluster runs: etcd, kube-apiserver,
+// kube-controller-manager or kms-plugin. It runs in its own process group
+// so that a kill reaches anything it forked, and with a parent-death signal
+// so that it dies with the test binary even when the test times out and
+// t.Cleanup never runs.
 type process struct {
 	name string
 	cmd  *exec.Cmd

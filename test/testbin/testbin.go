@@ -1,8 +1,8 @@
 // Package testbin finds or builds the binaries that kms-plugin's integration
 // and end-to-end tests run: the project's own commands, built from the
-// working tree, and the real servers (etcd, kube-apiserver, Vault), built
-// from the Go module proxy by test/tools/build.sh into a cache outside the
-// repository, keyed by version.
+// working tree, and the real servers (etcd, kube-apiserver,
+// kube-controller-manager, Vault), built from the Go module proxy by
+// test/tools/build.sh into a cache outside the repository, keyed by version.
 package testbin
 
 import (
@@ -83,7 +83,8 @@ func Build(t testing.TB, pkg string) string {
 }
 
 // Tool returns the path of binary from the real server tool (etcd,
-// kube-apiserver or vault), building the tool first if the cache lacks it.
+// kube-apiserver, kube-controller-manager or vault), building the tool
+// first if the cache lacks it.
 // A cold build takes minutes; later runs reuse the cache.
 func Tool(t testing.TB, tool, binary string) string {
 	t.Helper()

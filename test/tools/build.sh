@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Builds the real servers that kms-plugin's integration and end-to-end tests
-# run against (etcd, etcdctl, kube-apiserver, vault) from the Go module proxy,
-# once per version, into a cache outside the repository. Prints nothing but
-# progress on stderr; prints the directory holding the named tool's binaries
-# on stdout (the cache root for "all").
+# run against (etcd, etcdctl, kube-apiserver, kube-controller-manager, vault)
+# from the Go module proxy, once per version, into a cache outside the
+# repository. Prints nothing but progress on stderr; prints the directory
+# holding the named tool's binaries on stdout (the cache root for "all").
 #
-#   test/tools/build.sh [etcd|kube-apiserver|vault|all]
+#   test/tools/build.sh [etcd|kube-apiserver|kube-controller-manager|vault|all]
 #
 # Cache: $KMS_PLUGIN_TOOLS_CACHE, default ~/.cache/kms-plugin/tools/<name>-<version>/.
 # A binary is rebuilt only when its directory lacks it; delete the directory
@@ -55,10 +55,13 @@ etcd() {
   out=$dir
 }
 
-kube_apiserver() {
-  local dir=$cache/kube-apiserver-$KUBE_VERSION minor=${KUBE_VERSION#v1.}
+# kube NAME: build k8s.io/kubernetes/cmd/NAME at KUBE_VERSION from the
+# kube-apiserver tools module, which pins every Kubernetes command the tests
+# run, so that they all come from one release.
+kube() {
+  local name=$1 dir=$cache/$1-$KUBE_VERSION minor=${KUBE_VERSION#v1.}
   minor=${minor%%.*}
-  build kube-apiserver "$dir/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver \
+  build kube-apiserver "$dir/$name" "k8s.io/kubernetes/cmd/$name" \
     "-X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
   out=$dir
 }
@@ -71,9 +74,9 @@ vault() {
 out=$cache
 case ${1:-all} in
   etcd) etcd ;;
-  kube-apiserver) kube_apiserver ;;
+  kube-apiserver|kube-controller-manager) kube "$1" ;;
   vault) vault ;;
-  all) etcd; kube_apiserver; vault; out=$cache ;;
-  *) echo "usage: $0 [etcd|kube-apiserver|vault|all]" >&2; exit 2 ;;
+  all) etcd; kube kube-apiserver; kube kube-controller-manager; vault; out=$cache ;;
+  *) echo "usage: $0 [etcd|kube-apiserver|kube-controller-manager|vault|all]" >&2; exit 2 ;;
 esac
 echo "$out"
