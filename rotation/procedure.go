@@ -353,6 +353,11 @@ func (r *run) migrate(ctx context.Context) (string, error) {
 	results, err := r.Migrate(ctx, r.checkpointDir(r.s))
 	var parts []string
 	for _, res := range results {
+		if res.Engine == migrate.EngineSVM {
+			parts = append(parts, fmt.Sprintf("%s: %d objects rewritten by a StorageVersionMigration in %s",
+				res.Resource, res.Listed, res.Elapsed.Round(time.Second)))
+			continue
+		}
 		parts = append(parts, fmt.Sprintf("%s: %d listed, %d rewritten, %d deleted meanwhile, %d conflicts retried",
 			res.Resource, res.Listed, res.Rewritten, res.Deleted, res.Conflicts))
 	}

@@ -31,7 +31,7 @@ type rotateFlags struct {
 	kf         kubeFlags
 	ef         etcdFlags
 	rf         resourceFlags
-	rwOpts     migrate.Options
+	engine     engineFlags
 	proc       rotation.Procedure
 	stopAfter  string
 	dryRun     bool
@@ -85,7 +85,7 @@ func (r *rotateFlags) register(cmd *cobra.Command) {
 	r.kf.register(cmd)
 	r.ef.register(cmd)
 	r.rf.register(cmd)
-	registerRewriteFlags(cmd, &r.rwOpts)
+	r.engine.register(cmd)
 	f.StringVar(&r.proc.StateDir, "state-dir", "kmsctl-rotate-state", "where the rotation keeps its state and migrate checkpoints")
 	f.BoolVar(&r.proc.Retire, "retire", false, "retire the old versions once verify passed")
 	f.BoolVar(&r.dryRun, "dry-run", false, "print the plan and change nothing")
@@ -146,14 +146,12 @@ func (r *rotateFlags) run(cmd *cobra.Command) error {
 	if r.dryRun {
 		return proc.Plan(ctx)
 	}
-	dyn, mapper, err := apiClients(cfg)
+	clients, err := apiClients(cfg)
 	if err != nil {
 		return err
 	}
 	proc.Migrate = func(ctx context.Context, dir string) ([]migrate.Result, error) {
-		o := r.rwOpts
-		o.CheckpointDir, o.Log, o.Progress = dir, cmd.ErrOrStderr(), cmd.ErrOrStderr()
-		return migrate.Run(ctx, dyn, mapper, proc.Resources, o)
+		return r.engine.run(ctx, cmd, clients, proc.Resources, dir, false)
 	}
 	proc.Verify = func(ctx context.Context, expect verify.Expect) (verify.Report, error) {
 		return verify.Scan(ctx, etcd, verify.Options{

@@ -52,6 +52,9 @@ type Options struct {
 // Result counts what a rewrite of one resource did.
 type Result struct {
 	Resource string `json:"resource"`
+	// Engine is the engine that migrated the resource (EngineClient or
+	// EngineSVM).
+	Engine string `json:"engine"`
 	// Listed counts objects seen in this run.
 	Listed int64 `json:"listed"`
 	// Rewritten counts objects the apiserver stored again (their
@@ -165,7 +168,7 @@ type page struct {
 
 func (r *resourceRun) result(start time.Time) Result {
 	return Result{
-		Resource: r.name, Listed: r.listed.Load(), Rewritten: r.rewritten.Load(),
+		Resource: r.name, Engine: EngineClient, Listed: r.listed.Load(), Rewritten: r.rewritten.Load(),
 		Unchanged: r.unchanged.Load(), Deleted: r.deleted.Load(), Conflicts: r.conflicts.Load(),
 		Failed: r.failed.Load(), Elapsed: time.Since(start),
 	}
@@ -178,7 +181,7 @@ func (r *resourceRun) run(ctx context.Context) (Result, error) {
 	start := time.Now()
 	cp, done, err := r.resume()
 	if err != nil || done {
-		return Result{Resource: r.name, AlreadyDone: done}, err
+		return Result{Resource: r.name, Engine: EngineClient, AlreadyDone: done}, err
 	}
 	resumed := cp.Continue != ""
 

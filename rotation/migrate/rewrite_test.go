@@ -73,7 +73,7 @@ func TestRunCounts(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Run() = %v", err)
 	}
-	want := Result{Resource: "secrets", Listed: 5, Rewritten: 3, Unchanged: 1, Deleted: 1, Conflicts: 1}
+	want := Result{Resource: "secrets", Engine: EngineClient, Listed: 5, Rewritten: 3, Unchanged: 1, Deleted: 1, Conflicts: 1}
 	got := res[0]
 	got.Elapsed = 0
 	if got != want {
