@@ -56,6 +56,9 @@ type Procedure struct {
 	Resources []string
 	// Migrate re-encrypts Resources, checkpointing in checkpointDir.
 	Migrate func(ctx context.Context, checkpointDir string) ([]migrate.Result, error)
+	// MigrateEngine names the engine Migrate uses (migrate.EngineAuto,
+	// ...), for the plan; empty means the client engine.
+	MigrateEngine string
 	// Verify scans Resources in etcd against expect.
 	Verify func(ctx context.Context, expect verify.Expect) (verify.Report, error)
 
@@ -130,6 +133,12 @@ func (p *Procedure) describe(s *State, step Step) string {
 		}
 		return fmt.Sprintf("wait up to %s until every kube-apiserver %v stores a canary Secret (%s) under %s, read back from etcd", p.APIServerTimeout, names, ns, newID)
 	case StepMigrate:
+		switch p.MigrateEngine {
+		case migrate.EngineSVM:
+			return fmt.Sprintf("rewrite every object of %v with a StorageVersionMigration each, run by kube-controller-manager", p.Resources)
+		case migrate.EngineAuto:
+			return fmt.Sprintf("rewrite every object of %v with StorageVersionMigrations if a controller acts on them, else through the API, checkpointed in %s", p.Resources, p.checkpointDir(s))
+		}
 		return fmt.Sprintf("rewrite every object of %v through the API, checkpointed in %s", p.Resources, p.checkpointDir(s))
 	case StepVerify:
 		return fmt.Sprintf("scan %v in etcd: every value must be KMS v2 under %s", p.Resources, newID)

@@ -143,6 +143,7 @@ func (r *rotateFlags) run(cmd *cobra.Command) error {
 	if proc.Canaries, err = r.canaries(cfg, etcd); err != nil {
 		return err
 	}
+	proc.MigrateEngine = r.engine.engine
 	if r.dryRun {
 		return proc.Plan(ctx)
 	}

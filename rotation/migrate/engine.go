@@ -48,7 +48,7 @@ func RunEngine(ctx context.Context, c Clients, engine string, resources []string
 		// Every result but the last is a resource the controller
 		// finished; the last one never started.
 		done := results[:max(len(results)-1, 0)]
-		fmt.Fprintf(log, "migrate: %v; using the %s engine\n", err, EngineClient)
+		fmt.Fprintf(log, "%v; using the %s engine\n", err, EngineClient)
 		rest, err := Run(ctx, c.Dynamic, c.Mapper, resources[len(done):], opts)
 		return append(done, rest...), err
 	default:

@@ -302,7 +302,7 @@ func (r *svmRun) wait(ctx context.Context, obj *unstructured.Unstructured, count
 			}
 		case "":
 			if waited := time.Since(created); waited >= r.opts.NoControllerAfter {
-				return fmt.Errorf("migrate %s: %w: StorageVersionMigration %s has no status after %s: no controller acts on it (kube-controller-manager runs the storage-version-migrator controller only when told to, see docs/rotation.md)",
+				return fmt.Errorf("migrate %s: %w: %s has no status after %s: no controller acts on it (kube-controller-manager must run storage-version-migrator-controller and garbage-collector-controller; see docs/rotation.md)",
 					r.resource, ErrSVMUnavailable, name, waited.Round(time.Second))
 			}
 		}

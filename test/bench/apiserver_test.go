@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -248,14 +249,21 @@ func benchCreate(t *testing.T, tb *table, env *apiEnv, sizes apiSizes) {
 	}
 }
 
-// benchMigrate compares `kmsctl migrate` with the kubectl pipeline that
-// the Kubernetes docs give, each re-encrypting every Secret after a key
-// rotation, in alternating rounds.
+// benchMigrate puts the three ways to re-encrypt every Secret after a key
+// rotation side by side on the same cluster, in rotating order: kmsctl
+// migrate's client engine, its StorageVersionMigration engine (with
+// kube-controller-manager running the migrator), and the kubectl pipeline
+// that the Kubernetes docs give.
 func benchMigrate(t *testing.T, tb *table, env *apiEnv, sizes apiSizes) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	set := currentSettings()
 	if err := env.c.UseEncryptionConfig(ctx, cfgLocal); err != nil {
+		t.Fatal(err)
+	}
+	// Only for this section, so that the garbage collector's informers do
+	// not load the apiserver while the others measure.
+	if err := env.c.StartControllers(ctx, t, "garbage-collector-controller", "storage-version-migrator-controller"); err != nil {
 		t.Fatal(err)
 	}
 	const ns = "migrate"
@@ -269,16 +277,23 @@ func benchMigrate(t *testing.T, tb *table, env *apiEnv, sizes apiSizes) {
 	if err != nil {
 		t.Fatalf("kubectl: %v", err)
 	}
+	const (
+		client = "kmsctl migrate --engine client"
+		svm    = "kmsctl migrate --engine storage-version-migration"
+		kctl   = "kubectl get | replace"
+	)
+	migrate := append(env.c.Kmsctl(), "migrate", "--kubeconfig", env.kubeconfig, "--resources", "secrets", "-q")
 	tools := map[string][]string{
-		"kmsctl migrate": append(env.c.Kmsctl(), "migrate", "--kubeconfig", env.kubeconfig, "--resources", "secrets", "-q"),
-		"kubectl":        {"sh", "-c", fmt.Sprintf("%[1]s get secrets -A -o json | %[1]s replace -f - >/dev/null", kubectl)},
+		client: append(slices.Clone(migrate), "--engine", "client"),
+		svm:    append(slices.Clone(migrate), "--engine", "storage-version-migration", "--svm-controller-timeout", "1m"),
+		kctl:   {"sh", "-c", fmt.Sprintf("%[1]s get secrets -A -o json | %[1]s replace -f - >/dev/null", kubectl)},
 	}
-	order := []string{"kmsctl migrate", "kubectl"}
+	order := []string{client, svm, kctl}
 	rates := map[string][]float64{}
 	var stale []string
 	for round := range set.rounds {
 		for j := range order {
-			tool := order[(round+j)%2]
+			tool := order[(round+j)%len(order)]
 			// A new key, and an apiserver that uses it at once: every
 			// Secret is now stale and the next write re-encrypts it.
 			keyID, err := env.c.Rotate(ctx)
@@ -310,23 +325,34 @@ func benchMigrate(t *testing.T, tb *table, env *apiEnv, sizes apiSizes) {
 			}
 		}
 	}
-	var ratios []float64
-	for i := range rates["kubectl"] {
-		ratios = append(ratios, rates["kmsctl migrate"][i]/rates["kubectl"][i])
-	}
-	lo, hi := minMax(ratios)
-	detail := fmt.Sprintf("%.0f vs %.0f objects/s", median(rates["kmsctl migrate"]), median(rates["kubectl"]))
+	detail := fmt.Sprintf("objects/s: client %.0f, StorageVersionMigration %.0f, kubectl %.0f (%d Secrets)",
+		median(rates[client]), median(rates[svm]), median(rates[kctl]), sizes.migrate)
 	if len(stale) > 0 {
 		detail += "; " + strings.Join(stale, ", ")
 	}
-	tb.add(row{
-		Section: "5 migrate",
-		Measure: "kmsctl migrate / kubectl get | replace",
-		Value:   fmt.Sprintf("%.2fx [%.2f, %.2f]", median(ratios), lo, hi),
-		Detail:  detail,
-		Target:  "≥ 3x",
-		Meets:   meets(median(ratios) >= 3 && len(stale) == 0),
-	})
+	for _, x := range []struct {
+		tool, target string
+		ok           func(float64) bool
+	}{
+		{client, "≥ 3x", func(r float64) bool { return r >= 3 }},
+		// No target: the controller works at its own pace, inside the
+		// cluster; what it saves is a client held for the whole run.
+		{svm, "report", func(float64) bool { return true }},
+	} {
+		var ratios []float64
+		for i := range rates[kctl] {
+			ratios = append(ratios, rates[x.tool][i]/rates[kctl][i])
+		}
+		lo, hi := minMax(ratios)
+		tb.add(row{
+			Section: "5 migrate",
+			Measure: x.tool + " / " + kctl,
+			Value:   fmt.Sprintf("%.2fx [%.2f, %.2f]", median(ratios), lo, hi),
+			Detail:  detail,
+			Target:  x.target,
+			Meets:   meets(x.ok(median(ratios)) && len(stale) == 0),
+		})
+	}
 	if err := env.deleteSecrets(ctx, ns); err != nil {
 		t.Fatal(err)
 	}

@@ -228,17 +228,32 @@ func startLocal(t testing.TB, opts Options) *Cluster {
 		t.Fatal(err)
 	}
 
+	t.Cleanup(func() {
+		if l.controllerManager != nil {
+			l.controllerManager.kill()
+		}
+	})
 	if len(opts.Controllers) > 0 {
-		t.Cleanup(func() {
-			if l.controllerManager != nil {
-				l.controllerManager.kill()
-			}
-		})
 		if err := l.startControllerManager(ctx, opts.Controllers); err != nil {
 			t.Fatal(err)
 		}
 	}
 	return c
+}
+
+// StartControllers starts kube-controller-manager on a running local
+// cluster, with only controllers (see Options.Controllers), for a test
+// that needs them for part of its run. It stops with the cluster.
+func (c *Cluster) StartControllers(ctx context.Context, t testing.TB, controllers ...string) error {
+	l := c.local
+	if l == nil {
+		return errors.New("start kube-controller-manager: only on a local cluster")
+	}
+	if l.controllerManager != nil {
+		return errors.New("start kube-controller-manager: already running")
+	}
+	l.controllerManagerBin = testbin.Tool(t, "kube-controller-manager", "kube-controller-manager")
+	return l.startControllerManager(ctx, controllers)
 }
 
 // UseEncryptionConfig restarts a local kube-apiserver with another

@@ -201,7 +201,7 @@ type haSecret struct {
 }
 
 func (e *haEnv) rotateArgs(stateDir string, extra ...string) []string {
-	args := []string{"rotate", "--backend", "local", "--kubeconfig", e.kubeconfig, "--resources", "secrets",
+	args := []string{"rotate", "--backend", "local", "--engine", "client", "--kubeconfig", e.kubeconfig, "--resources", "secrets",
 		"--state-dir", stateDir, "--poll-interval", "500ms", "--apiserver-timeout", "4m", "--canary-namespace", e.ns}
 	for _, nd := range e.h.Nodes {
 		args = append(args, "--keyring", nd.Keyring, "--plugin-endpoint", nd.Endpoint, "--apiserver", nd.URL)

@@ -25,6 +25,7 @@ import (
 // migrateResult is one entry of kmsctl migrate -o json.
 type migrateResult struct {
 	Resource  string `json:"resource"`
+	Engine    string `json:"engine"`
 	Listed    int64  `json:"listed"`
 	Rewritten int64  `json:"rewritten"`
 	Unchanged int64  `json:"unchanged"`
@@ -45,7 +46,9 @@ func parseMigrate(t *testing.T, r kmsctlResult) migrateResult {
 }
 
 func (e *rotationEnv) migrateArgs(extra ...string) []string {
-	return append([]string{"migrate", "--kubeconfig", e.kubeconfig, "--resources", "secrets"}, extra...)
+	// The client engine, named: this cluster runs no controller manager,
+	// so auto would first wait for a StorageVersionMigration controller.
+	return append([]string{"migrate", "--engine", "client", "--kubeconfig", e.kubeconfig, "--resources", "secrets"}, extra...)
 }
 
 // testMigrateResume: a migrate killed after two checkpointed pages leaves

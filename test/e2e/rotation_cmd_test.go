@@ -78,6 +78,7 @@ func TestRotationCommands(t *testing.T) {
 		{"verify/names-plaintext-and-old-key", testVerifyDetects},
 		{"migrate/interrupted-and-resumed", testMigrateResume},
 		{"migrate/concurrent-writer-and-deleter", testMigrateConcurrent},
+		{"migrate/auto-without-controller", testMigrateAutoWithoutController},
 		{"rotate/stepwise-resume-and-refused-retire", testRotateStepwise},
 		{"rotate/full-retire", testRotateFull},
 		{"migrate/throughput-vs-kubectl", testMigrateThroughput},
@@ -145,7 +146,6 @@ func waitWritesUnder(ctx context.Context, t *testing.T, c *cluster.Cluster, ns, 
 	t.Logf("kube-apiserver writes under %s after %s", keyID, time.Since(start).Round(time.Second))
 }
 
-// kmsctlResult is one kmsctl run.
 // kmsctlResult is what one kmsctl run printed and how it ended.
 type kmsctlResult = testbin.Result
 
@@ -193,6 +193,13 @@ type verifyJSON struct {
 func (e *rotationEnv) verify(ctx context.Context, t *testing.T, extra ...string) (v verifyJSON, ok bool) {
 	t.Helper()
 	r := e.kmsctl(ctx, e.verifyArgs(append(extra, "-o", "json")...)...)
+	return parseVerify(t, r), r.Err == nil
+}
+
+// parseVerify reads what kmsctl verify -o json printed; a run that ended
+// other than by exiting fails t.
+func parseVerify(t *testing.T, r kmsctlResult) (v verifyJSON) {
+	t.Helper()
 	var exit *exec.ExitError
 	if r.Err != nil && !errors.As(r.Err, &exit) {
 		t.Fatalf("kmsctl verify: %s", r)
@@ -200,7 +207,7 @@ func (e *rotationEnv) verify(ctx context.Context, t *testing.T, extra ...string)
 	if err := json.Unmarshal([]byte(r.Stdout), &v); err != nil {
 		t.Fatalf("parse kmsctl verify -o json: %v\n%s", err, r)
 	}
-	return v, r.Err == nil
+	return v
 }
 
 // keyringVersions returns the keyring's versions by key_id with their state.
@@ -223,7 +230,7 @@ func (e *rotationEnv) keyringStates(ctx context.Context, t *testing.T) map[strin
 
 // rotateArgs are kmsctl rotate's arguments for this cluster.
 func (e *rotationEnv) rotateArgs(stateDir string, extra ...string) []string {
-	args := []string{"rotate", "--backend", "local", "--keyring", e.c.Keyring(),
+	args := []string{"rotate", "--backend", "local", "--engine", "client", "--keyring", e.c.Keyring(),
 		"--plugin-endpoint", e.c.Endpoint(), "--kubeconfig", e.kubeconfig, "--resources", "secrets",
 		"--state-dir", stateDir, "--poll-interval", "1s", "--reload-grace", "1500ms", "--apiserver-timeout", "3m"}
 	return append(append(args, e.c.EtcdFlags()...), extra...)
@@ -417,7 +424,7 @@ func TestRotateVault(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	args := []string{"rotate", "--backend", "vault", "--vault-addr", v.srv.Addr, "--vault-mount", vaultMount,
+	args := []string{"rotate", "--backend", "vault", "--engine", "client", "--vault-addr", v.srv.Addr, "--vault-mount", vaultMount,
 		"--vault-key", vaultKey, "--vault-token-file", v.operatorToken,
 		"--plugin-endpoint", c.Endpoint(), "--kubeconfig", e.kubeconfig, "--resources", "secrets",
 		"--state-dir", filepath.Join(t.TempDir(), "rotate"), "--poll-interval", "1s", "--apiserver-timeout", "3m", "--retire"}
