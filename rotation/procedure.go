@@ -299,7 +299,7 @@ func (r *run) add(ctx context.Context) (string, error) {
 func (r *run) promote(ctx context.Context) (string, error) {
 	if !r.Backend.SinglePhase() {
 		if wait := time.Until(r.s.Steps[StepAdd].At.Add(r.ReloadGrace)); wait > 0 {
-			if err := sleepCtx(ctx, wait); err != nil {
+			if err := migrate.Sleep(ctx, wait); err != nil {
 				return "", err
 			}
 		}
@@ -498,17 +498,6 @@ func (p *Procedure) verify(ctx context.Context, s *State) error {
 	return fmt.Errorf("refusing to retire anything: %w\nthe next run migrates again (an old-key object can come from an apiserver that still uses the old key, a restored backup, or a resource missing from the list)", rep.Err())
 }
 
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
-
 // poll calls cond every interval until it returns true, an error, or
 // timeout passes.
 func poll(ctx context.Context, interval, timeout time.Duration, cond func(context.Context) (bool, error)) error {
@@ -522,7 +511,7 @@ func poll(ctx context.Context, interval, timeout time.Duration, cond func(contex
 		if ok {
 			return nil
 		}
-		if err := sleepCtx(ctx, interval); err != nil {
+		if err := migrate.Sleep(ctx, interval); err != nil {
 			if errors.Is(err, context.DeadlineExceeded) {
 				return fmt.Errorf("timed out after %s", timeout)
 			}

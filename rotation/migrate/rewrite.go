@@ -432,11 +432,5 @@ func transient(err error) bool {
 
 // sleep backs off before retry attempt+1: 100 ms doubling up to 5 s.
 func sleep(ctx context.Context, attempt int) {
-	d := min(100*time.Millisecond<<min(attempt, 6), 5*time.Second)
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
+	_ = Sleep(ctx, min(100*time.Millisecond<<min(attempt, 6), 5*time.Second))
 }

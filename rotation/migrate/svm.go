@@ -249,7 +249,7 @@ func (r *svmRun) delete(ctx context.Context, name string) error {
 		if apierrors.IsNotFound(err) {
 			return nil
 		}
-		if err := sleepFor(ctx, r.opts.Poll); err != nil {
+		if err := Sleep(ctx, r.opts.Poll); err != nil {
 			return fmt.Errorf("delete StorageVersionMigration %s: %w", name, err)
 		}
 	}
@@ -306,7 +306,7 @@ func (r *svmRun) wait(ctx context.Context, obj *unstructured.Unstructured, count
 					r.resource, ErrSVMUnavailable, name, waited.Round(time.Second))
 			}
 		}
-		if err := sleepFor(ctx, r.opts.Poll); err != nil {
+		if err := Sleep(ctx, r.opts.Poll); err != nil {
 			return fmt.Errorf("migrate %s: waiting for StorageVersionMigration %s: %w", r.resource, name, err)
 		}
 		next, err := r.client.Get(ctx, name, metav1.GetOptions{})
@@ -384,7 +384,8 @@ func svmState(obj *unstructured.Unstructured) (state, why string) {
 	return "", ""
 }
 
-func sleepFor(ctx context.Context, d time.Duration) error {
+// Sleep waits d, or less if ctx ends first, and then returns ctx's error.
+func Sleep(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {

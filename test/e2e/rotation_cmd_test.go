@@ -71,10 +71,7 @@ func TestRotationCommands(t *testing.T) {
 	waitWritesUnder(ctx, t, c, env.ns, keyB)
 	env.keys = append(env.keys, keyB)
 
-	steps := []struct {
-		name string
-		fn   func(context.Context, *testing.T, *rotationEnv)
-	}{
+	runSteps(ctx, t, env, []envStep{
 		{"verify/names-plaintext-and-old-key", testVerifyDetects},
 		{"migrate/interrupted-and-resumed", testMigrateResume},
 		{"migrate/concurrent-writer-and-deleter", testMigrateConcurrent},
@@ -82,7 +79,19 @@ func TestRotationCommands(t *testing.T) {
 		{"rotate/stepwise-resume-and-refused-retire", testRotateStepwise},
 		{"rotate/full-retire", testRotateFull},
 		{"migrate/throughput-vs-kubectl", testMigrateThroughput},
-	}
+	})
+}
+
+// envStep is one subtest of a test that shares a rotationEnv.
+type envStep struct {
+	name string
+	fn   func(context.Context, *testing.T, *rotationEnv)
+}
+
+// runSteps runs steps in order as subtests; each builds on the state the
+// ones before left, so the first failure ends the test.
+func runSteps(ctx context.Context, t *testing.T, env *rotationEnv, steps []envStep) {
+	t.Helper()
 	for _, s := range steps {
 		if !t.Run(s.name, func(t *testing.T) { s.fn(ctx, t, env) }) {
 			t.Fatalf("%s failed; the later subtests depend on it", s.name)

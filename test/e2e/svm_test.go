@@ -52,19 +52,11 @@ func TestStorageVersionMigrationEngine(t *testing.T) {
 	createBulkConfigMaps(ctx, t, c, env.ns, bulkConfigMaps)
 	t.Logf("created %d Secrets and %d ConfigMaps under %s in %s", env.count, bulkConfigMaps, keyA, time.Since(start).Round(time.Millisecond))
 
-	steps := []struct {
-		name string
-		fn   func(context.Context, *testing.T, *rotationEnv)
-	}{
+	runSteps(ctx, t, env, []envStep{
 		{"rotate/secrets-and-configmaps", testSVMRotate},
 		{"migrate/concurrent-writer", testSVMConcurrentWriter},
 		{"migrate/failure-reported", testSVMFailure},
-	}
-	for _, s := range steps {
-		if !t.Run(s.name, func(t *testing.T) { s.fn(ctx, t, env) }) {
-			t.Fatalf("%s failed; the later subtests depend on it", s.name)
-		}
-	}
+	})
 }
 
 // createBulkConfigMaps creates n ConfigMaps c-0000 ... in ns.
@@ -77,6 +69,19 @@ func createBulkConfigMaps(ctx context.Context, t *testing.T, c *cluster.Cluster,
 			t.Fatalf("create configmap %s: %v", name, err)
 		}
 	}
+}
+
+// rotateKey makes a new key current in the plugin and waits until
+// kube-apiserver writes under it, so that every stored object is stale.
+func (e *rotationEnv) rotateKey(ctx context.Context, t *testing.T) string {
+	t.Helper()
+	key, err := e.c.Rotate(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitWritesUnder(ctx, t, e.c, e.ns, key)
+	e.keys = append(e.keys, key)
+	return key
 }
 
 // svmVerify runs kmsctl verify over Secrets and ConfigMaps, expecting
@@ -148,12 +153,7 @@ func testSVMRotate(ctx context.Context, t *testing.T, e *rotationEnv) {
 // new key, and every update's value is the one stored.
 func testSVMConcurrentWriter(ctx context.Context, t *testing.T, e *rotationEnv) {
 	c := e.c
-	keyC, err := c.Rotate(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitWritesUnder(ctx, t, c, e.ns, keyC)
-	e.keys = append(e.keys, keyC)
+	keyC := e.rotateKey(ctx, t)
 
 	stop := make(chan struct{})
 	var (
@@ -225,12 +225,7 @@ func testSVMConcurrentWriter(ctx context.Context, t *testing.T, e *rotationEnv) 
 // not move.
 func testSVMFailure(ctx context.Context, t *testing.T, e *rotationEnv) {
 	c := e.c
-	keyD, err := c.Rotate(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitWritesUnder(ctx, t, c, e.ns, keyD)
-	e.keys = append(e.keys, keyD)
+	keyD := e.rotateKey(ctx, t)
 
 	adm := c.Client.AdmissionregistrationV1()
 	fail := admissionv1.Fail
@@ -268,7 +263,7 @@ func testSVMFailure(ctx context.Context, t *testing.T, e *rotationEnv) {
 		_ = adm.ValidatingAdmissionPolicies().Delete(context.Background(), policy.Name, metav1.DeleteOptions{})
 	}()
 	// The policy takes effect once kube-apiserver has compiled it.
-	err = cluster.Poll(ctx, 500*time.Millisecond, time.Minute, "the admission policy to deny ConfigMap updates", func(ctx context.Context) (bool, error) {
+	err := cluster.Poll(ctx, 500*time.Millisecond, time.Minute, "the admission policy to deny ConfigMap updates", func(ctx context.Context) (bool, error) {
 		cm, err := c.Client.CoreV1().ConfigMaps(e.ns).Get(ctx, "c-0000", metav1.GetOptions{})
 		if err != nil {
 			return false, err
