@@ -6,7 +6,8 @@ import (
 	"github.com/kms-plugin/kms-plugin/providers/vault"
 )
 
-// newRegistry lists the backends this binary ships.
+// newRegistry lists the backends this binary ships: local and vault
+// always, and those that need cgo (pkcs11) when built with their tag.
 func newRegistry(lf *local.Factory) *providers.Registry {
-	return providers.NewRegistry(lf, vault.NewFactory())
+	return providers.NewRegistry(append([]providers.Factory{lf, vault.NewFactory()}, cgoFactories()...)...)
 }
