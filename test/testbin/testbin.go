@@ -31,6 +31,12 @@ var toolsCache = func() string {
 	return ""
 }()
 
+// buildTags are the build tags of the project's binaries that Build makes:
+// those of the test binary that calls it which change what a command
+// ships (see tags_*.go), so that a test built with -tags pkcs11 runs a
+// kms-plugin and a kmsctl that have the PKCS#11 provider.
+var buildTags []string
+
 var (
 	mu      sync.Mutex
 	tmpDir  string
@@ -73,7 +79,11 @@ func Build(t testing.TB, pkg string) string {
 		tmpDir = d
 	}
 	out := filepath.Join(tmpDir, filepath.Base(pkg))
-	cmd := exec.Command("go", "build", "-o", out, pkg)
+	args := []string{"build"}
+	if len(buildTags) > 0 {
+		args = append(args, "-tags", strings.Join(buildTags, ","))
+	}
+	cmd := exec.Command("go", append(args, "-o", out, pkg)...)
 	cmd.Dir = RepoRoot()
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build %s: %v\n%s", pkg, err, b)

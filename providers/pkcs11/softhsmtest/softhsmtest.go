@@ -130,3 +130,9 @@ func random(n int) string {
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
 }
+
+// PluginArgs are the kms-plugin and kmsctl flags that select this token
+// and key label.
+func (tk *Token) PluginArgs(keyLabel string) []string {
+	return []string{"--pkcs11-module", tk.Module, "--pkcs11-token-label", tk.Label, "--pkcs11-pin-file", tk.PINFile, "--pkcs11-key-label", keyLabel}
+}

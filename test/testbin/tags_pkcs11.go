@@ -1,0 +1,5 @@
+//go:build pkcs11
+
+package testbin
+
+func init() { buildTags = append(buildTags, "pkcs11") }
