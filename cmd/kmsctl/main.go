@@ -39,7 +39,7 @@ func newRootCmd() *cobra.Command {
 	}
 	// --version without -v: -v means --verbose wherever a command has it.
 	root.Flags().Bool("version", false, "print kmsctl's version")
-	root.AddCommand(newKeyringCmd(), newStatusCmd(), newVaultCmd(), newBenchCmd(), newConformanceCmd())
+	root.AddCommand(newKeyringCmd(), newStatusCmd(), newVaultCmd(), newPKCS11Cmd(), newBenchCmd(), newConformanceCmd())
 	root.AddCommand(newVerifyCmd(), newMigrateCmd(), newRotateCmd(), newDoctorCmd())
 	refuseUnknownSubcommands(root)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return flagError(err) })

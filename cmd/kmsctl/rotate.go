@@ -13,6 +13,7 @@ import (
 
 	"github.com/kms-plugin/kms-plugin/kms"
 	"github.com/kms-plugin/kms-plugin/kms/contract"
+	"github.com/kms-plugin/kms-plugin/providers/pkcs11"
 	"github.com/kms-plugin/kms-plugin/providers/vault"
 	"github.com/kms-plugin/kms-plugin/rotation"
 	"github.com/kms-plugin/kms-plugin/rotation/migrate"
@@ -25,6 +26,7 @@ type rotateFlags struct {
 	backend    string
 	keyrings   []string
 	vaultCfg   vault.Config
+	pkcs11Cfg  pkcs11.Config
 	endpoints  []string
 	apiservers []string
 	canaryNS   string
@@ -39,7 +41,7 @@ type rotateFlags struct {
 }
 
 func newRotateCmd() *cobra.Command {
-	r := &rotateFlags{vaultCfg: vault.DefaultConfig()}
+	r := &rotateFlags{vaultCfg: vault.DefaultConfig(), pkcs11Cfg: pkcs11.DefaultConfig()}
 	cmd := &cobra.Command{
 		Use:   "rotate",
 		Short: "Rotate the key end to end: new key everywhere, wait, migrate, verify, retire",
@@ -61,7 +63,7 @@ func newRotateCmd() *cobra.Command {
   6. verify           etcd holds nothing under another key_id, nor in plaintext
   7. retire           with --retire only, and only after verify passed: retire
                       the other versions (local: keyring state; Vault:
-                      min_decryption_version)
+                      min_decryption_version; PKCS#11: CKA_DECRYPT false)
 
 Each step is idempotent and recorded in --state-dir; after an interruption or
 a failure, run the same command again and it resumes at the first step not
@@ -76,9 +78,10 @@ again. --dry-run prints the plan and changes nothing.`,
 
 func (r *rotateFlags) register(cmd *cobra.Command) {
 	f := cmd.Flags()
-	f.StringVar(&r.backend, "backend", "local", "where the key lives: local or vault")
+	f.StringVar(&r.backend, "backend", "local", "where the key lives: local, vault or pkcs11")
 	f.StringSliceVar(&r.keyrings, "keyring", nil, "local: keyring file of each control-plane node, as this host sees it (repeat or comma-separate)")
 	addVaultFlags(f, &r.vaultCfg)
+	addPKCS11Flags(f, &r.pkcs11Cfg)
 	f.StringSliceVar(&r.endpoints, "plugin-endpoint", []string{contract.DefaultEndpoint}, "every kms-plugin that must report the new key_id (repeat for each node)")
 	f.StringSliceVar(&r.apiservers, "apiserver", nil, "every kube-apiserver URL to prove with a canary write (default: the kubeconfig's server); list each one behind a load balancer")
 	f.StringVar(&r.canaryNS, "canary-namespace", "default", "namespace of the canary Secret")
@@ -92,7 +95,7 @@ func (r *rotateFlags) register(cmd *cobra.Command) {
 	addOutputFlag(cmd, &r.out)
 	f.StringVar(&r.stopAfter, "stop-after", "", "stop after this step (add-key, promote-key, wait-plugins, wait-apiservers, migrate, verify)")
 	f.DurationVar(&r.proc.ReloadGrace, "reload-grace", 0, "local: least wait between add and promote; promote always waits (up to --plugin-timeout) until every plugin reports it has loaded the new key")
-	f.DurationVar(&r.proc.PluginTimeout, "plugin-timeout", 2*time.Minute, "how long to wait for the plugins (Vault: longer than --vault-refresh-interval)")
+	f.DurationVar(&r.proc.PluginTimeout, "plugin-timeout", 2*time.Minute, "how long to wait for the plugins (Vault, PKCS#11: longer than the plugins' --vault-refresh-interval or --pkcs11-refresh-interval)")
 	f.DurationVar(&r.proc.APIServerTimeout, "apiserver-timeout", 5*time.Minute, "how long to wait for each kube-apiserver (it polls Status every 60 s)")
 	f.DurationVar(&r.proc.PollInterval, "poll-interval", 2*time.Second, "how often the waits poll")
 }
@@ -183,8 +186,15 @@ func (r *rotateFlags) openBackend(cmd *cobra.Command) (func(), error) {
 		}
 		r.proc.Backend = &rotation.VaultBackend{Key: p, Name: r.vaultCfg.Mount + "/" + r.vaultCfg.Key}
 		return func() { _ = p.Close() }, nil
+	case "pkcs11":
+		b, closeFn, err := openPKCS11Backend(cmd, r.pkcs11Cfg)
+		if err != nil {
+			return nil, err
+		}
+		r.proc.Backend = b
+		return closeFn, nil
 	}
-	return nil, fmt.Errorf("--backend %q: want local or vault", r.backend)
+	return nil, fmt.Errorf("--backend %q: want local, vault or pkcs11", r.backend)
 }
 
 // canaries are the canary Secrets that prove each kube-apiserver
