@@ -37,10 +37,11 @@ DIST ?= dist/$(VERSION)
 GO_TEST ?= go test
 FUZZTIME ?= 30s
 SOAK_DURATION ?= 2m
-# Build tags that select tests against real servers; lint and vet see them all.
-TAGS := integration e2e soak bench release
+# Build tags that select tests against real servers, and the cgo PKCS#11
+# provider; lint and vet see them all.
+TAGS := integration e2e soak bench release pkcs11
 
-.PHONY: help run build test unit servers integration e2e soak lint fmt vet golangci-lint fuzz bench gobench sbom proto proto-check vulncheck vulndb-update release release-binaries release-check clean
+.PHONY: help run build build-pkcs11 test unit servers integration e2e pkcs11 e2e-pkcs11 soak lint fmt vet golangci-lint fuzz bench gobench sbom proto proto-check vulncheck vulndb-update release release-binaries release-check clean
 
 help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -51,7 +52,10 @@ run: ## run the plugin on a local dev keyring (--dev); ARGS adds flags
 build: ## build bin/kms-plugin and bin/kmsctl (static, versioned)
 	CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/kms-plugin ./cmd/kmsctl
 
-test: servers unit integration e2e ## every test: unit, Vault integration, end to end (builds the servers on first run)
+build-pkcs11: ## build bin/pkcs11/kms-plugin and kmsctl with the PKCS#11 provider (cgo, glibc; needs a C compiler)
+	CGO_ENABLED=1 go build -tags pkcs11 -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/pkcs11/ ./cmd/kms-plugin ./cmd/kmsctl
+
+test: servers unit integration e2e pkcs11 e2e-pkcs11 ## every test: unit, Vault integration, end to end, PKCS#11 on SoftHSM (builds the servers on first run)
 
 unit: ## unit tests and plugin-binary tests, with the race detector
 	$(GO_TEST) -race -count=1 ./...
@@ -64,6 +68,17 @@ integration: ## tests against a real Vault server (provider, kmsctl, conformance
 
 e2e: ## end-to-end tests on a real etcd + kube-apiserver + kms-plugin
 	$(GO_TEST) -tags e2e -count=1 -timeout 45m ./test/e2e/...
+
+# The PKCS#11 provider's tests need SoftHSM (apt-get install softhsm2); with
+# the pkcs11 tag a missing SoftHSM fails them, it never skips them.
+PKCS11_RUN := PKCS11|Pkcs11|SoftHSM
+
+pkcs11: ## PKCS#11 provider on SoftHSM tokens: unit, providertest, kmsctl, conformance, leaks, faults (-tags pkcs11)
+	$(GO_TEST) -race -tags pkcs11 -count=1 ./providers/pkcs11/... ./rotation/
+	$(GO_TEST) -race -tags pkcs11 -count=1 -timeout 20m -run '$(PKCS11_RUN)' ./cmd/... ./conformance/... ./test/leak/ ./test/faults/
+
+e2e-pkcs11: ## end to end on a real etcd + kube-apiserver with kms-plugin --provider pkcs11 (-tags 'e2e pkcs11')
+	$(GO_TEST) -tags 'e2e pkcs11' -count=1 -timeout 30m -run '$(PKCS11_RUN)' ./test/e2e/...
 
 soak: ## about SOAK_DURATION at concurrency 64 with a keyring rotation every 20 s
 	KMS_PLUGIN_SOAK_DURATION=$(SOAK_DURATION) $(GO_TEST) -tags soak -count=1 -timeout 10m -v ./test/soak/
@@ -103,8 +118,8 @@ sbom: $(CYCLONEDX_GOMOD) ## CycloneDX SBOMs of the release binaries into bin/
 $(CYCLONEDX_GOMOD):
 	GOBIN=$(dir $@) go install github.com/CycloneDX/cyclonedx-gomod/cmd/cyclonedx-gomod@$(CYCLONEDX_GOMOD_VERSION)
 
-bench: ## benchmark suite: one table of side-by-side ratios (BENCHFLAGS=-short for a quick run)
-	go test -tags bench -count=1 -timeout 30m -v -run '^TestBench$$' ./test/bench $(BENCHFLAGS)
+bench: ## benchmark suite: one table of side-by-side ratios, PKCS#11 on SoftHSM included (BENCHFLAGS=-short for a quick run)
+	go test -tags 'bench pkcs11' -count=1 -timeout 30m -v -run '^TestBench$$' ./test/bench $(BENCHFLAGS)
 
 gobench: ## go benchmarks (envelope, interceptor, socket round trip beside the no-op floor)
 	go test ./kms/ ./bench/ -run '^$$' -bench . -benchmem -count 3
