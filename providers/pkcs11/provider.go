@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -25,11 +26,17 @@ import (
 // Provider seals DEK seeds with AES-256 keys inside a PKCS#11 token.
 // Create it with New.
 type Provider struct {
-	cfg     Config
-	pin     string
-	mod     *module
-	log     *slog.Logger
-	metrics *metrics
+	cfg Config
+	pin string
+	// refused is the hash of the PIN the token last refused, and
+	// refusedErr its refusal: a reconnect does not try that PIN again
+	// (tokens lock a PIN after a few wrong tries), but waits for the PIN
+	// file to change.
+	refused    [sha256.Size]byte
+	refusedErr error
+	mod        *module
+	log        *slog.Logger
+	metrics    *metrics
 
 	// connMu guards conn: calls hold it shared while they use a session,
 	// a reconnect holds it exclusively while it rebuilds the sessions.
@@ -477,6 +484,19 @@ func (p *Provider) reconnect(ctx context.Context, again bool) (err error) {
 		p.conn = nil
 	}
 	if again {
+		// The PIN file is read again, so that a PIN changed on the token
+		// and in the file is taken up without a restart.
+		pin, err := readPIN(p.cfg.PINFile, p.cfg.operator)
+		if err != nil {
+			p.downErr.Store(&err)
+			return err
+		}
+		if p.refusedErr != nil && sha256.Sum256([]byte(pin)) == p.refused {
+			err := fmt.Errorf("not logging in again with the PIN the token refused; write the right PIN to %s: %w", p.cfg.PINFile, p.refusedErr)
+			p.downErr.Store(&err)
+			return err
+		}
+		p.pin = pin
 		if _, err := p.mod.reinitialize(); err != nil {
 			p.downErr.Store(&err)
 			return err
@@ -555,9 +575,14 @@ func (p *Provider) connect() (*conn, error) {
 	if err := ctx.Login(c.all[0], p11.CKU_USER, p.pin); err != nil {
 		var e p11.Error
 		if !errors.As(err, &e) || e != p11.CKR_USER_ALREADY_LOGGED_IN {
-			return fail(fmt.Errorf("log in to token %q with the PIN from %s: %w", c.token, p.cfg.PINFile, classify(err)))
+			err = fmt.Errorf("log in to token %q with the PIN from %s: %w", c.token, p.cfg.PINFile, classify(err))
+			if errors.Is(err, providers.ErrPermissionDenied) {
+				p.refused, p.refusedErr = sha256.Sum256([]byte(p.pin)), err
+			}
+			return fail(err)
 		}
 	}
+	p.refusedErr = nil
 	return c, nil
 }
 

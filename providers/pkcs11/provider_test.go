@@ -271,3 +271,93 @@ func TestTokenRemovedThenBack(t *testing.T) {
 		t.Errorf("Decrypt after recovery = %q, %v", pt, err)
 	}
 }
+
+// TestModuleFailuresRecover breaks the module under the provider: its
+// sessions closed behind its back (CKR_SESSION_HANDLE_INVALID) and the
+// module finalized (CKR_CRYPTOKI_NOT_INITIALIZED). Each gives
+// ErrUnavailable, and the provider reopens its sessions, logs in again
+// and serves, without a restart.
+func TestModuleFailuresRecover(t *testing.T) {
+	tk := softhsmtest.New(t, "")
+	cfg := config(tk)
+	p := open(t, cfg)
+	defer p.Close()
+	k, _ := p.Current()
+	ct, err := p.Encrypt(t.Context(), k, []byte("sealed before the module broke"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	faults := map[string]func() error{
+		"sessions closed": func() error {
+			tok, err := p.Token()
+			if err != nil {
+				return err
+			}
+			return p.mod.ctx.CloseAllSessions(tok.Slot)
+		},
+		"module finalized": func() error { return p.mod.ctx.Finalize() },
+	}
+	for name, fault := range faults {
+		if err := fault(); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if _, err := p.Decrypt(t.Context(), k, ct, nil); !errors.Is(err, providers.ErrUnavailable) {
+			t.Errorf("%s: Decrypt = %v, want ErrUnavailable", name, err)
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		for p.Check(ctx) != nil && ctx.Err() == nil {
+			time.Sleep(20 * time.Millisecond)
+		}
+		cancel()
+		if err := p.Check(t.Context()); err != nil {
+			t.Fatalf("%s: Check() did not recover within 10s: %v", name, err)
+		}
+		if pt, err := p.Decrypt(t.Context(), k, ct, nil); err != nil || string(pt) != "sealed before the module broke" {
+			t.Errorf("%s: Decrypt after recovery = %q, %v", name, pt, err)
+		}
+		if cur, _ := p.Current(); cur.ID != k.ID {
+			t.Errorf("%s: key_id after recovery = %q, want %q", name, cur.ID, k.ID)
+		}
+	}
+}
+
+// TestPINChangedOnTheToken: the user PIN changes on the token, then the
+// sessions are lost. The provider does not log in again with the refused
+// PIN (a token locks a PIN after a few wrong tries); once the new PIN is in
+// the PIN file, it logs in and serves without a restart.
+func TestPINChangedOnTheToken(t *testing.T) {
+	tk := softhsmtest.New(t, "")
+	cfg := config(tk)
+	p := open(t, cfg)
+	defer p.Close()
+	newPIN := "changed-" + tk.PIN
+	err := p.withSession(t.Context(), "test", func(sh sessionHandle) error { return p.mod.ctx.SetPIN(sh, tk.PIN, newPIN) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _ := p.Token()
+	if err := p.mod.ctx.CloseAllSessions(tok.Slot); err != nil {
+		t.Fatal(err)
+	}
+	_ = p.Check(t.Context()) // finds the sessions gone
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	for !strings.Contains(fmt.Sprint(p.Check(ctx)), "not logging in again") {
+		if ctx.Err() != nil {
+			t.Fatalf("Check() = %v; want the refusal to log in again with the refused PIN", p.Check(t.Context()))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := p.Check(ctx); !errors.Is(err, providers.ErrUnavailable) || strings.Contains(err.Error(), tk.PIN) {
+		t.Errorf("Check() with the old PIN = %v, want ErrUnavailable without the PIN", err)
+	}
+	if err := os.WriteFile(tk.PINFile, []byte(newPIN), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for p.Check(ctx) != nil {
+		if ctx.Err() != nil {
+			t.Fatalf("Check() did not recover with the new PIN in the file: %v", p.Check(t.Context()))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
