@@ -169,3 +169,51 @@ func TestDockerfileGoVersion(t *testing.T) {
 		t.Errorf("the Dockerfile uses RUN --mount without a leading # syntax=docker/dockerfile:1 line")
 	}
 }
+
+// TestDockerfilePKCS11Stage checks the PKCS#11 variant: built by the
+// Makefile's build-pkcs11 (which CI runs) on Debian 12, shipped on the
+// glibc distroless base of the same Debian as non-root, and not the
+// default target.
+func TestDockerfilePKCS11Stage(t *testing.T) {
+	stages := map[string][]string{}
+	var order []string
+	cur := ""
+	for _, ins := range dockerfile(t) {
+		if strings.HasPrefix(ins, "FROM ") {
+			f := strings.Fields(ins)
+			cur = f[len(f)-1]
+			if len(f) < 4 || !strings.EqualFold(f[len(f)-2], "AS") {
+				cur = "(default)"
+			}
+			order = append(order, cur)
+		}
+		stages[cur] = append(stages[cur], ins)
+	}
+	if len(order) == 0 || order[len(order)-1] != "(default)" {
+		t.Fatalf("stages %v: the default (static) image must stay the last, unnamed stage", order)
+	}
+	build := strings.Join(stages["build-pkcs11"], "\n")
+	if !regexp.MustCompile(`(?m)^FROM golang:\$\{GO_VERSION\}-bookworm AS build-pkcs11$`).MatchString(build) {
+		t.Errorf("build-pkcs11 stage is not built on golang:${GO_VERSION}-bookworm:\n%s", build)
+	}
+	if !regexp.MustCompile(`(?m)^RUN .*make build-pkcs11 VERSION=\$\{VERSION\} BIN=/out$`).MatchString(build) {
+		t.Errorf("build-pkcs11 stage does not run make build-pkcs11:\n%s", build)
+	}
+	final := strings.Join(stages["pkcs11"], "\n")
+	if !regexp.MustCompile(`(?m)^FROM gcr\.io/distroless/base-debian12:nonroot AS pkcs11$`).MatchString(final) {
+		t.Errorf("pkcs11 stage is not distroless base-debian12 nonroot:\n%s", final)
+	}
+	if !strings.Contains(final, "COPY --from=build-pkcs11 /out/pkcs11/kms-plugin /out/pkcs11/kmsctl /usr/local/bin/") {
+		t.Errorf("pkcs11 stage does not copy the binaries make build-pkcs11 writes:\n%s", final)
+	}
+	if user := regexp.MustCompile(`(?m)^USER (\S+)`).FindStringSubmatch(final); user == nil || user[1] != "65532:65532" {
+		t.Errorf("pkcs11 stage USER = %v, want 65532:65532 (distroless nonroot)", user)
+	}
+	mk, err := os.ReadFile(filepath.Join(testbin.RepoRoot(), "Makefile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`(?m)^build-pkcs11:.*\n\tCGO_ENABLED=1 go build -tags pkcs11 .* -o \$\(BIN\)/pkcs11/ `).Match(mk) {
+		t.Error("Makefile's build-pkcs11 does not build with -tags pkcs11 into $(BIN)/pkcs11/, where the Dockerfile copies from")
+	}
+}
