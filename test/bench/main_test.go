@@ -22,11 +22,18 @@ import (
 var (
 	flagRounds   = flag.Int("kms.rounds", 5, "alternating rounds per comparison (the issue asks for at least 3)")
 	flagDuration = flag.Duration("kms.duration", 2*time.Second, "measured time per round of a load comparison")
-	flagOnly     = flag.String("kms.only", "", "comma-separated sections to run: local, vault, apiserver (default: all)")
+	flagOnly     = flag.String("kms.only", "", "comma-separated sections to run: local, vault, pkcs11, apiserver (default: all)")
 	flagOut      = flag.String("kms.out", "", "also write the results table, as Markdown, to this file")
 )
 
 func TestMain(m *testing.M) { os.Exit(testbin.Main(m)) }
+
+// buildSections are sections that exist only in builds with their tag
+// (pkcs11: cgo and SoftHSM); each registers itself from its file.
+var buildSections []struct {
+	name string
+	run  func(*testing.T, *table)
+}
 
 // row is one line of the results table.
 type row struct {
@@ -111,6 +118,11 @@ func TestBench(t *testing.T) {
 	}
 	if want("vault") {
 		t.Run("vault", func(t *testing.T) { benchVault(t, tb) })
+	}
+	for _, s := range buildSections {
+		if want(s.name) {
+			t.Run(s.name, func(t *testing.T) { s.run(t, tb) })
+		}
 	}
 	if want("apiserver") {
 		t.Run("apiserver", func(t *testing.T) { benchAPIServer(t, tb) })
