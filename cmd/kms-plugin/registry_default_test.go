@@ -1,0 +1,5 @@
+//go:build !pkcs11
+
+package main
+
+const pkcs11Built = false
