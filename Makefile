@@ -38,8 +38,9 @@ GO_TEST ?= go test
 FUZZTIME ?= 30s
 SOAK_DURATION ?= 2m
 # Build tags that select tests against real servers, and the cgo PKCS#11
-# provider; lint and vet see them all.
-TAGS := integration e2e soak bench release pkcs11
+# provider (alone, and with the suites that have PKCS#11 parts); lint and
+# vet see them all.
+TAGS := integration e2e soak bench release pkcs11 e2e,pkcs11 bench,pkcs11
 
 .PHONY: help run build build-pkcs11 test unit servers integration e2e pkcs11 e2e-pkcs11 soak lint fmt vet golangci-lint fuzz bench gobench sbom proto proto-check vulncheck vulndb-update release release-binaries release-check clean
 

@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -773,16 +774,15 @@ func attrMap(attrs []*p11.Attribute) map[uint][]byte {
 func isTrue(b []byte) bool  { return len(b) == 1 && b[0] != 0 }
 func isFalse(b []byte) bool { return len(b) == 1 && b[0] == 0 }
 
-// ulong reads a CK_ULONG attribute (native byte order and size).
+// ulong reads a CK_ULONG attribute (the host's byte order and size).
 func ulong(b []byte) uint64 {
-	var v uint64
 	switch len(b) {
-	case 4, 8:
-		for i := len(b) - 1; i >= 0; i-- { // little-endian hosts (amd64, arm64)
-			v = v<<8 | uint64(b[i])
-		}
+	case 4:
+		return uint64(binary.NativeEndian.Uint32(b))
+	case 8:
+		return binary.NativeEndian.Uint64(b)
 	}
-	return v
+	return 0
 }
 
 // startDate reads CKA_START_DATE, which Rotate sets to the creation day.
