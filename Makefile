@@ -104,6 +104,7 @@ FUZZ_TARGETS := \
 	kms:FuzzDecrypt kms:FuzzParseEnvelope providers/local:FuzzParse \
 	providers/vault:FuzzVaultHTTPResponse providers/vault:FuzzClassifyResponse \
 	providers/vault:FuzzTransitCiphertext providers/vault:FuzzParseRef providers/vault:FuzzParseKeyMetadata \
+	providers/pkcs11:FuzzParse \
 	rotation/verify:FuzzClassify rotation/verify:FuzzClassifyKMSv2
 
 fuzz: ## run each fuzz target for FUZZTIME (default 30s)
