@@ -256,6 +256,16 @@ func (c *Cluster) StartControllers(ctx context.Context, t testing.TB, controller
 	return l.startControllerManager(ctx, controllers)
 }
 
+// StopControllers stops the kube-controller-manager that StartControllers
+// started. Its watches would otherwise hold every later kube-apiserver
+// restart in graceful shutdown for about 30 s.
+func (c *Cluster) StopControllers() {
+	if l := c.local; l != nil && l.controllerManager != nil {
+		l.controllerManager.kill()
+		l.controllerManager = nil
+	}
+}
+
 // UseEncryptionConfig restarts a local kube-apiserver with another
 // EncryptionConfiguration sample (see Options.EncryptionConfig; "" is the
 // default configuration) and waits until it is ready. ProviderName becomes
