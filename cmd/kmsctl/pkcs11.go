@@ -31,26 +31,12 @@ A running plugin picks up a rotation or retirement within its
 	}
 	addPKCS11Flags(cmd.PersistentFlags(), &cfg)
 
-	var rotateOut output
-	rotate := &cobra.Command{
-		Use:   "rotate",
-		Short: "Generate the next key version on the token; it becomes the plugins' current key_id",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			p, err := openPKCS11(cmd, cfg)
-			if err != nil {
-				return err
-			}
-			defer p.Close()
-			k, err := p.Rotate(cmd.Context())
-			if err != nil {
-				return err
-			}
-			return printResult(cmd, rotateOut, pkcs11Result{Key: cfg.KeyLabel, KeyID: k.ID,
-				Message: fmt.Sprintf("generated a new version of %s: new key_id %s", cfg.KeyLabel, k.ID)})
-		},
-	}
-	addOutputFlag(rotate, &rotateOut)
+	open := func(cmd *cobra.Command) (*pkcs11.Provider, error) { return openPKCS11(cmd, cfg) }
+	rotate := newKeyRotateCmd("Generate the next key version on the token; it becomes the plugins' current key_id", open,
+		func(k providers.Key) result {
+			return pkcs11Result{Key: cfg.KeyLabel, KeyID: k.ID,
+				Message: fmt.Sprintf("generated a new version of %s: new key_id %s", cfg.KeyLabel, k.ID)}
+		})
 	cmd.AddCommand(rotate, newPKCS11KeysCmd(&cfg), newPKCS11RetireCmd(&cfg))
 	return cmd
 }
@@ -106,37 +92,19 @@ func newPKCS11KeysCmd(cfg *pkcs11.Config) *cobra.Command {
 }
 
 func newPKCS11RetireCmd(cfg *pkcs11.Config) *cobra.Command {
-	var (
-		below int64
-		out   output
-	)
-	cmd := &cobra.Command{
-		Use:   "retire --below N",
-		Short: "Stop decrypting with the versions below N (clears CKA_DECRYPT; refuses the current version)",
-		Long: `Retire every version below N: the token is told (CKA_DECRYPT false) to
+	return newKeyRetireCmd(
+		"Stop decrypting with the versions below N (clears CKA_DECRYPT; refuses the current version)",
+		`Retire every version below N: the token is told (CKA_DECRYPT false) to
 refuse decrypting with them. Only do this after "kmsctl migrate" re-encrypted
 every object and "kmsctl verify --expect-key-id <current key_id>" passed, or
 the objects still under older versions become unreadable; "kmsctl rotate
 --backend pkcs11 --retire" does all three in order. N may not exceed the
 current version.`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			p, err := openPKCS11(cmd, *cfg)
-			if err != nil {
-				return err
-			}
-			defer p.Close()
-			if err := p.RetireBelow(cmd.Context(), below); err != nil {
-				return err
-			}
-			return printResult(cmd, out, pkcs11Result{Key: cfg.KeyLabel, RetiredBelow: below,
-				Message: fmt.Sprintf("%s: versions below %d are retired", cfg.KeyLabel, below)})
-		},
-	}
-	addOutputFlag(cmd, &out)
-	cmd.Flags().Int64Var(&below, "below", 0, "lowest version that still decrypts (required)")
-	_ = cmd.MarkFlagRequired("below")
-	return cmd
+		func(cmd *cobra.Command) (*pkcs11.Provider, error) { return openPKCS11(cmd, *cfg) },
+		func(below int64) result {
+			return pkcs11Result{Key: cfg.KeyLabel, RetiredBelow: below,
+				Message: fmt.Sprintf("%s: versions below %d are retired", cfg.KeyLabel, below)}
+		})
 }
 
 // openPKCS11 opens the token as an operator: a token without any version

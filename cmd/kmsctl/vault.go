@@ -31,26 +31,12 @@ A running plugin picks up a rotation or retirement within its
 	}
 	addVaultFlags(cmd.PersistentFlags(), &cfg)
 
-	var rotateOut output
-	rotate := &cobra.Command{
-		Use:   "rotate",
-		Short: "Add a transit key version; it becomes the plugins' current key_id",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			p, err := openVault(cmd, cfg)
-			if err != nil {
-				return err
-			}
-			defer p.Close()
-			k, err := p.Rotate(cmd.Context())
-			if err != nil {
-				return err
-			}
-			return printResult(cmd, rotateOut, vaultResult{Key: cfg.Mount + "/" + cfg.Key, KeyID: k.ID,
-				Message: fmt.Sprintf("rotated %s/%s: new key_id %s", cfg.Mount, cfg.Key, k.ID)})
-		},
-	}
-	addOutputFlag(rotate, &rotateOut)
+	open := func(cmd *cobra.Command) (*vault.Provider, error) { return openVault(cmd, cfg) }
+	rotate := newKeyRotateCmd("Add a transit key version; it becomes the plugins' current key_id", open,
+		func(k providers.Key) result {
+			return vaultResult{Key: cfg.Mount + "/" + cfg.Key, KeyID: k.ID,
+				Message: fmt.Sprintf("rotated %s/%s: new key_id %s", cfg.Mount, cfg.Key, k.ID)}
+		})
 	cmd.AddCommand(
 		rotate,
 		newVaultKeysCmd(&cfg),
@@ -100,37 +86,19 @@ func newVaultKeysCmd(cfg *vault.Config) *cobra.Command {
 }
 
 func newVaultRetireCmd(cfg *vault.Config) *cobra.Command {
-	var (
-		below int64
-		out   output
-	)
-	cmd := &cobra.Command{
-		Use:   "retire --below N",
-		Short: "Set min_decryption_version to N: versions below N stop decrypting (refuses to retire the latest)",
-		Long: `Set the transit key's min_decryption_version to N, so that versions below N
+	return newKeyRetireCmd(
+		"Set min_decryption_version to N: versions below N stop decrypting (refuses to retire the latest)",
+		`Set the transit key's min_decryption_version to N, so that versions below N
 no longer decrypt. Only do this after "kmsctl migrate" re-encrypted every
 object and "kmsctl verify --expect-key-id <latest key_id>" passed, or the
 objects still under older versions become unreadable; "kmsctl rotate
 --backend vault --retire" does all three in order. N may not exceed the
 latest version.`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			p, err := openVault(cmd, *cfg)
-			if err != nil {
-				return err
-			}
-			defer p.Close()
-			if err := p.RetireBelow(cmd.Context(), below); err != nil {
-				return err
-			}
-			return printResult(cmd, out, vaultResult{Key: cfg.Mount + "/" + cfg.Key, MinDecryptionVersion: below,
-				Message: fmt.Sprintf("%s/%s: versions below %d are retired (min_decryption_version %d)", cfg.Mount, cfg.Key, below, below)})
-		},
-	}
-	addOutputFlag(cmd, &out)
-	cmd.Flags().Int64Var(&below, "below", 0, "lowest version that still decrypts (required)")
-	_ = cmd.MarkFlagRequired("below")
-	return cmd
+		func(cmd *cobra.Command) (*vault.Provider, error) { return openVault(cmd, *cfg) },
+		func(below int64) result {
+			return vaultResult{Key: cfg.Mount + "/" + cfg.Key, MinDecryptionVersion: below,
+				Message: fmt.Sprintf("%s/%s: versions below %d are retired (min_decryption_version %d)", cfg.Mount, cfg.Key, below, below)}
+		})
 }
 
 func newVaultPolicyCmd(cfg *vault.Config) *cobra.Command {
